@@ -12,7 +12,6 @@ K key/value heads, E head dim, F MLP width, V vocab, L layers.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import Any
 
@@ -255,21 +254,43 @@ class RMSNorm(nn.Module):
     return scale.astype(self.cfg.jnp_dtype) * normed.astype(x.dtype)
 
 
+class Projection(nn.Module):
+  """x @ kernel (+ bias), contracting the last `contract` input dims into `features`.
+
+  Like nn.DenseGeneral, but the kernel is created at its final rank: DenseGeneral builds
+  a flat kernel and reshapes it, which breaks logical sharding annotations under a mesh.
+  """
+  features: tuple[int, ...]
+  kernel_axes: tuple[str, ...]
+  cfg: LlamaConfig
+  use_bias: bool = False
+  contract: int = 1
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.cfg
+    in_shape = x.shape[x.ndim - self.contract:]
+    kernel = self.param("kernel", _init(self.kernel_axes), in_shape + self.features, cfg.jnp_param_dtype)
+    x_dims = tuple(range(x.ndim - self.contract, x.ndim))
+    y = jax.lax.dot_general(x.astype(cfg.jnp_dtype), kernel.astype(cfg.jnp_dtype),
+                            ((x_dims, tuple(range(self.contract))), ((), ())))
+    if self.use_bias:
+      bias = self.param("bias", _zeros(self.kernel_axes[self.contract:]), self.features, cfg.jnp_param_dtype)
+      y = y + bias.astype(cfg.jnp_dtype)
+    return y
+
+
 class Attention(nn.Module):
   cfg: LlamaConfig
 
   @nn.compact
   def __call__(self, x_BTD, cos_BTE, sin_BTE, mask_B1TS, kv_cache, cache_index):
     cfg = self.cfg
-    dense = functools.partial(nn.DenseGeneral, dtype=cfg.jnp_dtype, param_dtype=cfg.jnp_param_dtype)
-    q_BTNE = dense((cfg.num_heads, cfg.head_dim), use_bias=cfg.qkv_bias, name="q_proj",
-                   kernel_init=_init((sh.EMBED, sh.HEADS, sh.HEAD_DIM)),
-                   bias_init=_zeros((sh.HEADS, sh.HEAD_DIM)))(x_BTD)
-    kv_proj = functools.partial(dense, (cfg.num_kv_heads, cfg.head_dim), use_bias=cfg.qkv_bias,
-                                kernel_init=_init((sh.EMBED, sh.KV_HEADS, sh.HEAD_DIM)),
-                                bias_init=_zeros((sh.KV_HEADS, sh.HEAD_DIM)))
-    k_BTKE = kv_proj(name="k_proj")(x_BTD)
-    v_BTKE = kv_proj(name="v_proj")(x_BTD)
+    q_BTNE = Projection((cfg.num_heads, cfg.head_dim), (sh.EMBED, sh.HEADS, sh.HEAD_DIM), cfg,
+                        cfg.qkv_bias, name="q_proj")(x_BTD)
+    kv_axes = (sh.EMBED, sh.KV_HEADS, sh.HEAD_DIM)
+    k_BTKE = Projection((cfg.num_kv_heads, cfg.head_dim), kv_axes, cfg, cfg.qkv_bias, name="k_proj")(x_BTD)
+    v_BTKE = Projection((cfg.num_kv_heads, cfg.head_dim), kv_axes, cfg, cfg.qkv_bias, name="v_proj")(x_BTD)
     q_BTNE = apply_rope(q_BTNE, cos_BTE, sin_BTE)
     k_BTKE = apply_rope(k_BTKE, cos_BTE, sin_BTE)
     q_BTNE = nn.with_logical_constraint(q_BTNE, (sh.ACT_BATCH, sh.ACT_LEN, sh.ACT_HEADS, None))
@@ -287,9 +308,8 @@ class Attention(nn.Module):
     out_BTNE = jax.nn.dot_product_attention(
         q_BTNE, k_BSKE, v_BSKE, mask=mask_B1TS, scale=cfg.head_dim**-0.5,
         implementation=cfg.attention_impl)
-    out_BTD = dense(cfg.hidden_size, axis=(-2, -1), use_bias=cfg.o_bias, name="o_proj",
-                    kernel_init=_init((sh.HEADS, sh.HEAD_DIM, sh.EMBED)),
-                    bias_init=_zeros((sh.EMBED,)))(out_BTNE)
+    out_BTD = Projection((cfg.hidden_size,), (sh.HEADS, sh.HEAD_DIM, sh.EMBED), cfg, cfg.o_bias,
+                         contract=2, name="o_proj")(out_BTNE)
     return out_BTD, new_cache
 
 
@@ -299,14 +319,11 @@ class MLP(nn.Module):
   @nn.compact
   def __call__(self, x_BTD):
     cfg = self.cfg
-    dense = functools.partial(nn.Dense, use_bias=cfg.mlp_bias, dtype=cfg.jnp_dtype,
-                              param_dtype=cfg.jnp_param_dtype)
-    up_init = dict(kernel_init=_init((sh.EMBED, sh.MLP)), bias_init=_zeros((sh.MLP,)))
-    gate_BTF = dense(cfg.intermediate_size, name="gate_proj", **up_init)(x_BTD)
-    up_BTF = dense(cfg.intermediate_size, name="up_proj", **up_init)(x_BTD)
+    up_axes = (sh.EMBED, sh.MLP)
+    gate_BTF = Projection((cfg.intermediate_size,), up_axes, cfg, cfg.mlp_bias, name="gate_proj")(x_BTD)
+    up_BTF = Projection((cfg.intermediate_size,), up_axes, cfg, cfg.mlp_bias, name="up_proj")(x_BTD)
     h_BTF = nn.with_logical_constraint(nn.silu(gate_BTF) * up_BTF, (sh.ACT_BATCH, sh.ACT_LEN, sh.ACT_MLP))
-    return dense(cfg.hidden_size, name="down_proj", kernel_init=_init((sh.MLP, sh.EMBED)),
-                 bias_init=_zeros((sh.EMBED,)))(h_BTF)
+    return Projection((cfg.hidden_size,), (sh.MLP, sh.EMBED), cfg, cfg.mlp_bias, name="down_proj")(h_BTF)
 
 
 class Block(nn.Module):
@@ -373,8 +390,7 @@ class Llama(nn.Module):
       self.layers = [block(cfg, inject_layer=self.inject_layer) for _ in range(cfg.num_layers)]
     self.norm = RMSNorm(cfg)
     if not cfg.tie_word_embeddings:
-      self.lm_head = nn.Dense(cfg.vocab_size, use_bias=False, dtype=cfg.jnp_dtype,
-                              param_dtype=cfg.jnp_param_dtype, kernel_init=_init((sh.EMBED, sh.VOCAB)))
+      self.lm_head = Projection((cfg.vocab_size,), (sh.EMBED, sh.VOCAB), cfg)
 
   def __call__(self, tokens_BT, positions_BT, mask_BT, *, cache: KVCache | None = None,
                capture_at_B=None, inject=None, compute_logits: bool = True) -> ModelOutput:

@@ -4,6 +4,14 @@ The model only ever names logical axes; which physical mesh axis (data, fsdp, te
 shards each one is decided here, overridable from `config.mesh.rules`.
 """
 
+import math
+from typing import Any, Mapping
+
+from absl import logging
+import flax.linen as nn
+import jax
+from jax.sharding import AxisType, NamedSharding, PartitionSpec
+
 # Parameter axes.
 VOCAB = "vocab"
 EMBED = "embed"
@@ -23,3 +31,93 @@ ACT_HEADS = "act_heads"
 ACT_KV_HEADS = "act_kv_heads"
 ACT_MLP = "act_mlp"
 ACT_VOCAB = "act_vocab"
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")  # the batch is split over both data-parallel axes
+
+# Logical axis -> mesh axis (or None: replicated). FSDP shards the width of every weight,
+# tensor parallelism shards heads, MLP width and vocabulary (Megatron-style).
+DEFAULT_RULES = (
+    (ACT_BATCH, BATCH_AXES),
+    (ACT_LEN, None),
+    (ACT_EMBED, None),
+    (ACT_HEADS, "tensor"),
+    (ACT_KV_HEADS, "tensor"),
+    (ACT_MLP, "tensor"),
+    (ACT_VOCAB, "tensor"),
+    (VOCAB, "tensor"),
+    (EMBED, "fsdp"),
+    (HEADS, "tensor"),
+    (KV_HEADS, "tensor"),
+    (HEAD_DIM, None),
+    (MLP, "tensor"),
+    (NORM, None),
+    (LAYERS, None),
+    (LAYER_CHOICE, None),
+)
+
+
+def make_mesh(shape: Mapping[str, int], devices=None) -> jax.sharding.Mesh:
+  """A (data, fsdp, tensor) mesh; one axis may be -1 to take the remaining devices.
+
+  Devices are laid out by `jax.make_mesh`, which puts the last axis (tensor) on the
+  fastest interconnect (within a host / ICI ring) and data-parallel axes across hosts.
+  """
+  devices = list(devices if devices is not None else jax.devices())
+  sizes = [int(shape.get(axis, 1)) for axis in MESH_AXES]
+  if sizes.count(-1) > 1:
+    raise ValueError(f"mesh {dict(shape)}: at most one axis may be -1")
+  known = math.prod(s for s in sizes if s != -1)
+  if -1 in sizes:
+    if len(devices) % known:
+      raise ValueError(f"mesh {dict(shape)}: {len(devices)} devices are not divisible by {known}")
+    sizes[sizes.index(-1)] = len(devices) // known
+  if math.prod(sizes) != len(devices):
+    raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
+                     f"{len(devices)} are available")
+  return jax.make_mesh(sizes, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
+
+
+def rules_from_config(overrides: Mapping[str, Any] | None = None) -> tuple:
+  """DEFAULT_RULES with `config.mesh.rules` entries (logical name -> mesh axis or list) replaced."""
+  rules = dict(DEFAULT_RULES)
+  for name, axes in (overrides or {}).items():
+    if name not in rules:
+      raise ValueError(f"config.mesh.rules: unknown logical axis {name!r}; known: {sorted(rules)}")
+    rules[name] = tuple(axes) if isinstance(axes, (list, tuple)) else axes
+  return tuple(rules.items())
+
+
+def _fits(spec: PartitionSpec, shape: tuple[int, ...], mesh: jax.sharding.Mesh) -> PartitionSpec:
+  """Replicates any dimension the mesh axes do not divide (e.g. 3 KV heads on tensor=2).
+
+  jit refuses uneven input shardings; replicating that one dimension keeps every model
+  runnable on every mesh at the cost of some memory, and is logged.
+  """
+  fixed = []
+  for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+    names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    size = math.prod(mesh.shape[a] for a in names)
+    if size > 1 and dim % size:
+      logging.warning("dimension of size %d is not divisible by mesh axes %s (%d); replicating it",
+                      dim, names, size)
+      axes = None
+    fixed.append(axes)
+  return PartitionSpec(*fixed)
+
+
+def logical_shardings(abstract_boxed: Any, mesh: jax.sharding.Mesh, rules) -> Any:
+  """NamedShardings for a pytree whose leaves carry logical axis names (flax boxes).
+
+  Leaves without names (step counters, optimizer counts) are replicated.
+  """
+  specs = nn.get_partition_spec(abstract_boxed)
+  mesh_specs = nn.logical_to_mesh(specs, rules)
+  shapes = nn.unbox(abstract_boxed)
+  return jax.tree.map(lambda spec, x: NamedSharding(mesh, _fits(spec, x.shape, mesh)),
+                      mesh_specs, shapes, is_leaf=lambda s: isinstance(s, PartitionSpec))
+
+
+def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
+  """Sharding of (B, ...) batch arrays: rows over data x fsdp."""
+  return NamedSharding(mesh, PartitionSpec(BATCH_AXES))

@@ -1,0 +1,85 @@
+"""Optimizer: AdamW with warmup + cosine decay, global-norm clipping, decay and trainable masks."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import optax
+
+from cc_jax.connection import PARAM_NAME as DECISION_MAKER
+
+TRAINABLE = ("all", "decision_maker")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+  """Attributes mirror `config.optim` (see configs/base.py for meanings)."""
+  learning_rate: float = 1e-5
+  schedule: str = "cosine"  # cosine | linear | constant
+  warmup_ratio: float = 0.1
+  end_learning_rate: float = 0.0
+  weight_decay: float = 0.0
+  b1: float = 0.9
+  b2: float = 0.999
+  eps: float = 1e-8
+  grad_clip_norm: float = 1.0  # <= 0 disables clipping
+  trainable: str = "all"
+
+  @classmethod
+  def from_config(cls, cfg) -> "OptimConfig":
+    return cls(**{f.name: cfg[f.name] for f in dataclasses.fields(cls) if f.name in cfg})
+
+
+def learning_rate_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
+  """Linear warmup over `warmup_ratio` of the steps, then the chosen decay to the end."""
+  warmup = int(round(cfg.warmup_ratio * total_steps))
+  if cfg.schedule == "cosine":
+    return optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, warmup, max(total_steps, warmup + 1),
+                                              cfg.end_learning_rate)
+  if cfg.schedule == "linear":
+    return optax.join_schedules([optax.linear_schedule(0.0, cfg.learning_rate, warmup),
+                                 optax.linear_schedule(cfg.learning_rate, cfg.end_learning_rate,
+                                                       max(total_steps - warmup, 1))], [warmup])
+  if cfg.schedule == "constant":
+    return optax.join_schedules([optax.linear_schedule(0.0, cfg.learning_rate, warmup),
+                                 optax.constant_schedule(cfg.learning_rate)], [warmup])
+  raise ValueError(f"optim.schedule={cfg.schedule!r}; expected cosine, linear or constant")
+
+
+def _dict_keys(path) -> list[str]:
+  """The dict keys of a pytree path (skipping attribute steps such as flax boxes' `.value`)."""
+  return [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
+
+
+def decay_mask(params: Any) -> Any:
+  """True where weight decay applies: not on norm scales or biases (HF Trainer's rule)."""
+  return jax.tree_util.tree_map_with_path(lambda path, _: _dict_keys(path)[-1] not in ("scale", "bias"), params)
+
+
+def trainable_labels(params: Any, trainable: str) -> Any:
+  """'train' / 'freeze' per leaf: the whole model, or only the Decision Maker."""
+  if trainable not in TRAINABLE:
+    raise ValueError(f"optim.trainable={trainable!r}; expected one of {TRAINABLE}")
+
+  def label(path, _):
+    if trainable == "all":
+      return "train"
+    return "train" if _dict_keys(path)[0] == DECISION_MAKER else "freeze"
+
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
+def make_optimizer(cfg: OptimConfig, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """Returns (optimizer, learning-rate schedule). The optimizer expects already-averaged grads."""
+  schedule = learning_rate_schedule(cfg, total_steps)
+  adamw = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
+                      mask=decay_mask)
+  chain = [optax.clip_by_global_norm(cfg.grad_clip_norm)] if cfg.grad_clip_norm > 0 else []
+  tx = optax.chain(*chain, adamw)
+  if cfg.trainable != "all":
+    # Frozen leaves get no optimizer state at all (set_to_zero keeps none).
+    tx = optax.multi_transform({"train": tx, "freeze": optax.set_to_zero()},
+                               lambda params: trainable_labels(params, cfg.trainable))
+  return tx, schedule

@@ -1,0 +1,225 @@
+"""CC-Tuning and SFT training steps (REFERENCE.md §2): pure functions, jitted with shardings.
+
+One `cc` step: English pass (capture every layer's MLP output at the English anchor) ->
+Decision Maker and straight-through selection -> non-English pass with the chosen vector
+added to layer `inject_layer`'s MLP output at the non-English anchor -> token-summed
+cross-entropy -> gradients through all of it -> optax update. `sft` is the same step with
+only the non-English pass, so the paper's comparison is one flag apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Mapping
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from cc_jax import connection, sharding as sh
+from cc_jax.connection import ConnectionConfig
+from cc_jax.model import Llama
+
+IGNORE_INDEX = -100
+METHODS = ("cc", "sft")
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # int32 scalar: optimizer steps taken
+  params: Any  # the model's params plus `source_select` (the Decision Maker) for cc
+  opt_state: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+  method: str = "cc"
+  connection: ConnectionConfig = ConnectionConfig()
+  num_microbatches: int = 1  # gradient accumulation
+
+  def __post_init__(self):
+    if self.method not in METHODS:
+      raise ValueError(f"cc.method={self.method!r}; expected one of {METHODS}")
+
+
+def model_params(params: Mapping) -> dict:
+  """The decoder's parameters (everything but the Decision Maker)."""
+  return {k: v for k, v in params.items() if k != connection.PARAM_NAME}
+
+
+def token_loss_sum(logits_BTV: jax.Array, labels_BT: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Summed next-token cross-entropy over labelled tokens, and their count (labels unshifted)."""
+  logits, labels = logits_BTV[:, :-1], labels_BT[:, 1:]
+  valid = labels != IGNORE_INDEX
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), jnp.where(valid, labels, 0))
+  return jnp.sum(losses * valid), jnp.sum(valid).astype(jnp.float32)
+
+
+def gather_rows(x_BT, index_B):
+  """x[b, index[b]] for every row."""
+  return jnp.take_along_axis(x_BT, index_B[:, None], axis=1)[:, 0]
+
+
+def english_activations(model: Llama, params, batch) -> jax.Array:
+  """Step 1: every layer's MLP output at the English anchor, (L, B, D). No LM head."""
+  out = model.apply({"params": model_params(params)}, batch["en_input_ids"], batch["en_positions"],
+                    batch["en_attention_mask"], capture_at_B=batch["en_anchor"], compute_logits=False)
+  return out.captured_LBD
+
+
+def loss_fn(params, batch, noise_BL, *, model: Llama, cfg: StepConfig):
+  """Summed loss of one (micro)batch and its diagnostics.
+
+  Args:
+    params: model params (+ `source_select` for cc).
+    batch: dict of (B, T) arrays from cc_jax.batching (labels unshifted, -100 ignored).
+    noise_BL: Gumbel noise for the selection (unused by sft or argmax selection).
+    model: the Llama module (its `inject_layer` is where the vector goes).
+    cfg: method and selection settings.
+
+  Returns:
+    (loss_sum, aux) where aux has `tokens` (label count), and for cc `selected` (L,) layer
+    counts and `entropy_sum` (summed decision entropy over real examples).
+  """
+  decoder = {"params": model_params(params)}
+  aux = {}
+  inject = None
+  if cfg.method == "cc":
+    english_LBD = english_activations(model, params, batch)
+    anchor_tokens_B = gather_rows(batch["input_ids"], batch["anchor"])
+    anchor_embed_BD = model.apply(decoder, anchor_tokens_B, method=Llama.embed)
+    vector_BD, weights_BL, scores_BL = connection.connect(
+        params[connection.PARAM_NAME]["kernel"], english_LBD, anchor_embed_BD, noise_BL, cfg.connection)
+    inject = (vector_BD, batch["anchor"])
+    real_B = jnp.any(batch["labels"] != IGNORE_INDEX, axis=-1).astype(jnp.float32)
+    selected_L, mean_entropy = connection.selection_stats(weights_BL, scores_BL, real_B)
+    aux.update(selected=selected_L, entropy_sum=mean_entropy * jnp.sum(real_B), examples=jnp.sum(real_B))
+  out = model.apply(decoder, batch["input_ids"], batch["positions"], batch["attention_mask"], inject=inject)
+  loss_sum, tokens = token_loss_sum(out.logits_BTV, batch["labels"])
+  aux["tokens"] = tokens
+  return loss_sum, aux
+
+
+def microbatch_noise(rng: jax.Array, step: jax.Array, micro: int | jax.Array, shape) -> jax.Array:
+  """Gumbel noise of one microbatch, derived from (run rng, step, microbatch)."""
+  return connection.gumbel_noise(jax.random.fold_in(jax.random.fold_in(rng, step), micro), shape)
+
+
+def _split_microbatches(batch: Mapping[str, jax.Array], m: int) -> dict[str, jax.Array]:
+  """(B, ...) -> (m, B/m, ...), strided so every microbatch keeps rows from every data shard."""
+  def split(x):
+    if x.shape[0] % m:
+      raise ValueError(f"batch of {x.shape[0]} rows is not divisible into {m} microbatches")
+    return jnp.swapaxes(x.reshape((x.shape[0] // m, m) + x.shape[1:]), 0, 1)
+  return {k: split(v) for k, v in batch.items()}
+
+
+def accumulate_gradients(params, batch, rng, step, *, model: Llama, cfg: StepConfig):
+  """Sums loss and gradients over microbatches, then divides by the total label tokens,
+  so accumulation equals one big batch (never an average of per-microbatch means)."""
+  num_layers = model.cfg.num_layers
+  grad_fn = jax.value_and_grad(functools.partial(loss_fn, model=model, cfg=cfg), has_aux=True)
+  micro = _split_microbatches(batch, cfg.num_microbatches)
+
+  def body(carry, xs):
+    index, mb = xs
+    noise = microbatch_noise(rng, step, index, (mb["input_ids"].shape[0], num_layers))
+    (loss_sum, aux), grads = grad_fn(params, mb, noise)
+    carry = jax.tree.map(jnp.add, carry, (loss_sum, aux, grads))
+    return carry, None
+
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  aux0 = {"tokens": jnp.zeros((), jnp.float32)}
+  if cfg.method == "cc":
+    aux0.update(selected=jnp.zeros((num_layers,), jnp.float32), entropy_sum=jnp.zeros(()),
+                examples=jnp.zeros(()))
+  (loss_sum, aux, grads), _ = jax.lax.scan(
+      body, (jnp.zeros(()), aux0, zeros), (jnp.arange(cfg.num_microbatches), micro))
+  tokens = jnp.maximum(aux["tokens"], 1.0)
+  grads = jax.tree.map(lambda g: g / tokens, grads)
+  return loss_sum / tokens, aux, grads
+
+
+def train_step(state: TrainState, batch, rng, *, model: Llama, tx: optax.GradientTransformation,
+               schedule: Callable, cfg: StepConfig) -> tuple[TrainState, dict]:
+  """One optimizer step. Per-step randomness comes from fold_in(rng, step)."""
+  loss, aux, grads = accumulate_gradients(state.params, batch, rng, state.step, model=model, cfg=cfg)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {"loss": loss, "tokens": aux["tokens"], "grad_norm": optax.global_norm(grads),
+             "learning_rate": schedule(state.step)}
+  if cfg.method == "cc":
+    metrics["selected_layers"] = aux["selected"]
+    metrics["decision_entropy"] = aux["entropy_sum"] / jnp.maximum(aux["examples"], 1.0)
+  return TrainState(state.step + 1, params, opt_state), metrics
+
+
+def eval_step(params, batch, *, model: Llama, cfg: StepConfig) -> dict:
+  """Loss with deterministic (argmax) selection, for held-out evaluation."""
+  eval_cfg = dataclasses.replace(cfg, connection=dataclasses.replace(cfg.connection, selection="argmax"))
+  loss_sum, aux = loss_fn(params, batch, None, model=model, cfg=eval_cfg)
+  return {"loss_sum": loss_sum, "tokens": aux["tokens"]}
+
+
+def init_train_state(rng, model_params_tree, *, model: Llama, tx, cfg: StepConfig) -> TrainState:
+  """A fresh TrainState around given (boxed or plain) model params; adds the Decision Maker."""
+  params = dict(model_params_tree)
+  if cfg.method == "cc":
+    params[connection.PARAM_NAME] = connection.init_decision_maker(
+        rng, model.cfg.hidden_size, model.cfg.num_layers, model.cfg.jnp_param_dtype)
+  return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+
+
+def make_train_step(model: Llama, tx, schedule, cfg: StepConfig, mesh, rules, state_shardings):
+  """The jitted, sharded train step: state donated, batch split over (data, fsdp)."""
+  step = functools.partial(train_step, model=model, tx=tx, schedule=schedule, cfg=cfg)
+  jitted = jax.jit(step, in_shardings=(state_shardings, sh.batch_sharding(mesh), None),
+                   out_shardings=(state_shardings, None), donate_argnums=0)
+
+  def run(state, batch, rng):
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+      return jitted(state, batch, rng)
+  return run
+
+
+def create_sharded_state(rng, *, model: Llama, tx, cfg: StepConfig, mesh, rules,
+                         load_params: Callable[[Any], Any] | None = None) -> tuple[TrainState, Any]:
+  """Creates the TrainState directly in its shardings (a 7B copy never sits on one device).
+
+  eval_shape(init) gives the logical axis names of every parameter and optimizer slot;
+  the rules turn them into NamedShardings; init (or loading) then runs under jit with
+  those out_shardings.
+
+  Args:
+    rng: PRNG key for random init and the Decision Maker.
+    model, tx, cfg: the decoder, optimizer and step settings.
+    mesh, rules: device mesh and logical-axis rules.
+    load_params: optional function(target) -> params that restores pretrained decoder
+      params into `target`, a pytree of jax.ShapeDtypeStruct with shardings.
+
+  Returns:
+    (state, state_shardings).
+  """
+  init_rng, dm_rng = jax.random.split(rng)
+  dummy = jnp.zeros((1, 4), jnp.int32)
+
+  def init(init_rng, dm_rng):
+    boxed = model.init(init_rng, dummy, dummy, dummy + 1)["params"]
+    return init_train_state(dm_rng, boxed, model=model, tx=tx, cfg=cfg)
+
+  abstract = jax.eval_shape(init, init_rng, dm_rng)
+  shardings = sh.logical_shardings(abstract, mesh, rules)
+  if load_params is None:
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+      state = jax.jit(lambda r, d: nn.unbox(init(r, d)), out_shardings=shardings)(init_rng, dm_rng)
+    return state, shardings
+  target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        model_params(nn.unbox(abstract).params), model_params(shardings.params))
+  params = load_params(target)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    state = jax.jit(lambda p, d: nn.unbox(init_train_state(d, p, model=model, tx=tx, cfg=cfg)),
+                    out_shardings=shardings)(params, dm_rng)
+  return state, shardings
