@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from cc_jax import connection, sharding as sh
+from cc_jax import batching, connection, sharding as sh
 from cc_jax.connection import ConnectionConfig
 from cc_jax.model import Llama
 
@@ -108,21 +108,12 @@ def microbatch_noise(rng: jax.Array, step: jax.Array, micro: int | jax.Array, sh
   return connection.gumbel_noise(jax.random.fold_in(jax.random.fold_in(rng, step), micro), shape)
 
 
-def _split_microbatches(batch: Mapping[str, jax.Array], m: int) -> dict[str, jax.Array]:
-  """(B, ...) -> (m, B/m, ...), strided so every microbatch keeps rows from every data shard."""
-  def split(x):
-    if x.shape[0] % m:
-      raise ValueError(f"batch of {x.shape[0]} rows is not divisible into {m} microbatches")
-    return jnp.swapaxes(x.reshape((x.shape[0] // m, m) + x.shape[1:]), 0, 1)
-  return {k: split(v) for k, v in batch.items()}
-
-
 def accumulate_gradients(params, batch, rng, step, *, model: Llama, cfg: StepConfig):
   """Sums loss and gradients over microbatches, then divides by the total label tokens,
   so accumulation equals one big batch (never an average of per-microbatch means)."""
   num_layers = model.cfg.num_layers
   grad_fn = jax.value_and_grad(functools.partial(loss_fn, model=model, cfg=cfg), has_aux=True)
-  micro = _split_microbatches(batch, cfg.num_microbatches)
+  micro = batching.split_microbatches(batch, cfg.num_microbatches)
 
   def body(carry, xs):
     index, mb = xs
@@ -204,14 +195,7 @@ def create_sharded_state(rng, *, model: Llama, tx, cfg: StepConfig, mesh, rules,
     (state, state_shardings).
   """
   init_rng, dm_rng = jax.random.split(rng)
-  dummy = jnp.zeros((1, 4), jnp.int32)
-
-  def init(init_rng, dm_rng):
-    boxed = model.init(init_rng, dummy, dummy, dummy + 1)["params"]
-    return init_train_state(dm_rng, boxed, model=model, tx=tx, cfg=cfg)
-
-  abstract = jax.eval_shape(init, init_rng, dm_rng)
-  shardings = sh.logical_shardings(abstract, mesh, rules)
+  init, abstract, shardings = _state_init(model=model, tx=tx, cfg=cfg, mesh=mesh, rules=rules)
   if load_params is None:
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
       state = jax.jit(lambda r, d: nn.unbox(init(r, d)), out_shardings=shardings)(init_rng, dm_rng)
@@ -223,3 +207,24 @@ def create_sharded_state(rng, *, model: Llama, tx, cfg: StepConfig, mesh, rules,
     state = jax.jit(lambda p, d: nn.unbox(init_train_state(d, p, model=model, tx=tx, cfg=cfg)),
                     out_shardings=shardings)(params, dm_rng)
   return state, shardings
+
+
+def _state_init(*, model: Llama, tx, cfg: StepConfig, mesh, rules):
+  """(init function, its boxed abstract output, the state's NamedShardings)."""
+  dummy = jnp.zeros((1, 4), jnp.int32)
+
+  def init(init_rng, dm_rng):
+    boxed = model.init(init_rng, dummy, dummy, dummy + 1)["params"]
+    return init_train_state(dm_rng, boxed, model=model, tx=tx, cfg=cfg)
+
+  key = jax.random.key(0)
+  abstract = jax.eval_shape(init, key, key)
+  return init, abstract, sh.logical_shardings(abstract, mesh, rules)
+
+
+def abstract_train_state(*, model: Llama, tx, cfg: StepConfig, mesh, rules) -> tuple[TrainState, Any]:
+  """(TrainState of jax.ShapeDtypeStruct with shardings, shardings): a restore target."""
+  _, abstract, shardings = _state_init(model=model, tx=tx, cfg=cfg, mesh=mesh, rules=rules)
+  target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        nn.unbox(abstract), shardings)
+  return target, shardings

@@ -1,0 +1,170 @@
+"""The training loop: data -> sharded state (fresh, pretrained or resumed) -> steps -> logs and
+checkpoints, with a clean stop on SIGTERM and a hard stop on a non-finite loss."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+from typing import Any
+
+from absl import logging
+import jax
+import numpy as np
+from ml_collections import ConfigDict
+import tqdm
+
+from cc_jax import batching, checkpoint, data, optim, runtime, sharding as sh, train
+from cc_jax.connection import ConnectionConfig
+from cc_jax.model import Llama
+
+RUN_FILE = "run.json"  # what a workdir was trained from (config, base model)
+
+
+def step_config(config: ConfigDict) -> train.StepConfig:
+  return train.StepConfig(
+      method=config.cc.method,
+      connection=ConnectionConfig(selection=config.cc.selection, temperature=config.cc.temperature,
+                                  stop_english_grad=config.cc.stop_english_grad),
+      num_microbatches=config.optim.grad_accum_steps)
+
+
+def load_examples(config: ConfigDict, tokenizer) -> list[data.Example]:
+  if not config.data.source:
+    raise ValueError("config.data.source is empty: name a JSON/JSONL/Parquet file, a dataset_info.json, "
+                     "a datasets name or a TFDS dataset")
+  records = data.load_records(config.data.source, data.SourceOptions.from_config(config.data))
+  return data.tokenize_records(records, tokenizer, data.TokenizeOptions.from_config(config.data))
+
+
+class MetricsLog:
+  """Console (tqdm + absl), TensorBoard (process 0) and a JSON-lines file of metrics."""
+
+  def __init__(self, workdir: pathlib.Path, config: ConfigDict, total_steps: int, start_step: int):
+    self.every = max(config.log.every_steps, 1)
+    self.primary = jax.process_index() == 0
+    self.writer = None
+    self.jsonl = None
+    if self.primary:
+      from tensorboardX import SummaryWriter  # pure-Python event writer: no TensorFlow needed
+      self.writer = SummaryWriter(str(workdir / "tensorboard"))
+      self.jsonl = open(workdir / "metrics.jsonl", "a")
+    self.bar = tqdm.tqdm(total=total_steps, initial=start_step, disable=not (self.primary and config.log.progress_bar),
+                         desc=config.cc.method, unit="step", dynamic_ncols=True)
+    self.last_time = time.perf_counter()
+
+  def write(self, step: int, metrics: dict[str, Any]) -> None:
+    self.bar.update(1)
+    now = time.perf_counter()
+    scalars = {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
+    scalars["tokens_per_second"] = scalars["tokens"] / max(now - self.last_time, 1e-9)
+    self.last_time = now
+    if not self.primary:
+      return
+    self.bar.set_postfix(loss=f"{scalars['loss']:.4f}", lr=f"{scalars['learning_rate']:.2e}")
+    if step % self.every and step != self.bar.total:
+      return
+    record = {"step": step, **scalars}
+    if "selected_layers" in metrics:
+      counts = np.asarray(metrics["selected_layers"]).astype(int)
+      record["selected_layers"] = counts.tolist()
+      if counts.sum():
+        self.writer.add_histogram("cc/selected_layer", np.repeat(np.arange(len(counts)), counts), step)
+    for name, value in scalars.items():
+      self.writer.add_scalar(f"train/{name}", value, step)
+    self.jsonl.write(json.dumps(record) + "\n")
+    self.jsonl.flush()
+    logging.info("step %d: %s", step, " ".join(f"{k}={v:.4g}" for k, v in scalars.items()))
+
+  def close(self) -> None:
+    self.bar.close()
+    if self.primary:
+      self.writer.close()
+      self.jsonl.close()
+
+
+def train_loop(config: ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
+  """Trains (or resumes) in `workdir`. Returns a summary: final step, status, last metrics."""
+  runtime.maybe_initialize_distributed()
+  workdir = pathlib.Path(workdir).absolute()
+  workdir.mkdir(parents=True, exist_ok=True)
+  mesh = runtime.make_mesh(config)
+  rules = sh.rules_from_config(config.mesh.rules.to_dict())
+  model_cfg = runtime.model_config(config)
+  tokenizer = runtime.load_tokenizer(config)
+
+  examples = load_examples(config, tokenizer)
+  iterator = batching.BatchIterator(examples, batching.BatchOptions.from_config(config.data, config.seed),
+                                    pad_id=data.pad_token_id(tokenizer))
+  total_steps = config.optim.max_steps or iterator.steps_per_epoch * config.data.num_epochs
+  logging.info("%d examples, %d steps/epoch, %d steps; model %s", len(examples), iterator.steps_per_epoch,
+               total_steps, model_cfg)
+
+  cfg = step_config(config)
+  model = Llama(model_cfg, inject_layer=config.cc.inject_layer)
+  tx, schedule = optim.make_optimizer(optim.OptimConfig.from_config(config.optim), total_steps)
+  ckpt = checkpoint.Checkpointer(checkpoint.CheckpointConfig(
+      str(workdir / "checkpoints"), save_every_steps=config.ckpt.every_steps, keep_last=config.ckpt.keep,
+      async_save=config.ckpt.async_save))
+  rng = jax.random.key(config.seed)
+
+  if ckpt.latest_step() is not None:
+    target, shardings = train.abstract_train_state(model=model, tx=tx, cfg=cfg, mesh=mesh, rules=rules)
+    state, extra = ckpt.restore(target)
+    iterator.restore(extra["data"])
+    logging.info("resumed from %s at step %d", ckpt.directory, int(state.step))
+  else:
+    state, shardings = train.create_sharded_state(rng, model=model, tx=tx, cfg=cfg, mesh=mesh, rules=rules,
+                                                  load_params=runtime.params_loader(config))
+    if jax.process_index() == 0:
+      base = runtime.model_dir(config)
+      (workdir / RUN_FILE).write_text(json.dumps({
+          "base_model": str(base) if base else None, "model": model_cfg.to_hf(),
+          "config": json.loads(config.to_json())}, indent=2))
+
+  step_fn = train.make_train_step(model, tx, schedule, cfg, mesh, rules, shardings)
+  batch_sharding = sh.batch_sharding(mesh)
+  watcher = checkpoint.install_sigterm_handler()
+  log = MetricsLog(workdir, config, total_steps, int(state.step))
+  status, last = "completed", {}
+  try:
+    pending = None
+    for step in range(int(state.step), total_steps):
+      batch = batching.make_global_batch(next(iterator), batch_sharding)
+      state, metrics = step_fn(state, batch, rng)
+      if pending is not None:  # read step t-1's metrics only after dispatching step t
+        last = _check_and_log(log, ckpt, *pending)
+      pending = (step + 1, metrics)
+      extra = {"data": iterator.state()}
+      if ckpt.save(step + 1, state, extra, metrics=None):
+        last = _check_and_log(log, ckpt, *pending)  # a save already waits on this step
+        pending = None
+      if watcher.preemption_requested(step + 1):
+        if pending is not None:
+          last = _check_and_log(log, ckpt, *pending)
+          pending = None
+        ckpt.save(step + 1, state, extra, force=True)
+        status = "preempted"
+        logging.warning("SIGTERM: saved step %d; rerun the same command to resume", step + 1)
+        break
+    if pending is not None:
+      last = _check_and_log(log, ckpt, *pending)
+    if status == "completed":
+      ckpt.save(int(state.step), state, {"data": iterator.state()}, force=True)
+    ckpt.wait()
+  finally:
+    log.close()
+    ckpt.close()
+    watcher.uninstall()
+  return {"step": int(state.step), "status": status, "metrics": last, "workdir": str(workdir)}
+
+
+def _check_and_log(log: MetricsLog, ckpt: checkpoint.Checkpointer, step: int, metrics) -> dict:
+  """Fetches a step's metrics, stops on a non-finite loss, logs them."""
+  metrics = jax.device_get(metrics)
+  if not np.isfinite(metrics["loss"]) or not np.isfinite(metrics["grad_norm"]):
+    raise FloatingPointError(
+        f"non-finite loss ({metrics['loss']}) or grad norm ({metrics['grad_norm']}) at step {step}; "
+        f"training stopped, the last good checkpoint (step {ckpt.latest_step()}) is untouched")
+  log.write(step, metrics)
+  return {k: (v.tolist() if np.ndim(v) else float(v)) for k, v in metrics.items()}

@@ -1,0 +1,70 @@
+"""Entry point: `python -m cc_jax.main --config=configs/<preset>.py [--workdir=DIR] [--config.key=value]`.
+
+Parses flags and dispatches on config.task; the work itself lives in library modules.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
+flags.DEFINE_string("workdir", None, "Output directory (overrides config.workdir).")
+flags.mark_flags_as_required(["config"])
+
+
+def generate(config) -> None:
+  """Generates a reply to config.generate.prompt with the model's chat template."""
+  import numpy as np
+
+  from cc_jax import convert, data, generate as gen, runtime
+  from cc_jax.model import Llama, unstack_layers
+
+  directory = runtime.model_dir(config)
+  if directory is None:
+    raise app.UsageError("task=generate needs config.model.path (a converted model or 'smollm2')")
+  tokenizer = runtime.load_tokenizer(config)
+  fmt = data.chat_format(tokenizer, data.TokenizeOptions.from_config(config.data))
+  (prompt_ids,) = data.encode_prompts(tokenizer, fmt, [config.generate.prompt])
+  model_cfg = runtime.model_config(config)
+  model = Llama(model_cfg)
+  params = convert.load_params(directory)
+  if not model_cfg.scan_layers:
+    params = unstack_layers(params, model_cfg.num_layers)
+  tokens, mask = gen.left_pad([prompt_ids], data.pad_token_id(tokenizer))
+  new, lengths = gen.greedy_generate(model, params, tokens, mask, np.asarray(fmt.end_ids, np.int32),
+                                     max_new_tokens=config.generate.max_new_tokens)
+  reply = np.asarray(new)[0, :int(lengths[0])].tolist()
+  print(tokenizer.decode(reply, skip_special_tokens=True))
+
+
+def _quiet_orbax() -> None:
+  """Orbax logs every file operation at INFO; keep its warnings, drop the chatter."""
+  import logging as std_logging
+
+  def keep(record):
+    return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+  std_logging.getLogger("absl").addFilter(keep)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  _quiet_orbax()
+  config = FLAGS.config
+  workdir = FLAGS.workdir or config.workdir
+  logging.info("config:\n%s", config)
+  if config.task == "train":
+    from cc_jax import loop
+    if not workdir:
+      raise app.UsageError("task=train needs --workdir (or config.workdir)")
+    summary = loop.train_loop(config, workdir)
+    print(f"{summary['status']} at step {summary['step']}; loss {summary['metrics'].get('loss', float('nan')):.4f}; "
+          f"checkpoints in {summary['workdir']}/checkpoints")
+  elif config.task == "generate":
+    generate(config)
+  else:
+    raise app.UsageError(f"config.task={config.task!r}; expected train or generate")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,100 @@
+"""From a config to live objects: distributed runtime, mesh, model config, tokenizer, weights."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+
+from absl import logging
+import jax
+from ml_collections import ConfigDict
+
+from cc_jax import convert, sharding as sh, smollm2
+from cc_jax.model import LlamaConfig
+
+# Environment variables by which cluster launchers describe a multi-process job; JAX's
+# cluster auto-detection (SLURM, Open MPI, TPU pods, ...) reads them.
+_MULTI_PROCESS_ENV = ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE",
+                      "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")
+
+
+def maybe_initialize_distributed() -> None:
+  """Calls jax.distributed.initialize() when the environment describes several processes.
+
+  Explicit settings: JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID (read by JAX
+  itself); otherwise JAX detects SLURM / MPI / TPU pod environments.
+  """
+  if not any(os.environ.get(name) for name in _MULTI_PROCESS_ENV):
+    return
+  if os.environ.get("SLURM_NTASKS") == "1" or os.environ.get("OMPI_COMM_WORLD_SIZE") == "1":
+    return
+  jax.distributed.initialize()
+  logging.info("jax.distributed: process %d of %d, %d local / %d global devices",
+               jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+def make_mesh(config: ConfigDict) -> jax.sharding.Mesh:
+  mesh = sh.make_mesh({"data": config.mesh.data, "fsdp": config.mesh.fsdp, "tensor": config.mesh.tensor})
+  logging.info("mesh %s over %d devices", dict(mesh.shape), mesh.size)
+  return mesh
+
+
+def model_dir(config: ConfigDict) -> pathlib.Path | None:
+  """The cc_jax model directory the config names (SmolLM2 is fetched and converted once)."""
+  path = config.model.path
+  if not path:
+    return None
+  if path == "smollm2":
+    return smollm2.converted_model_dir()
+  return pathlib.Path(path)
+
+
+def _run_settings(config: ConfigDict) -> dict:
+  m = config.model
+  return dict(dtype=m.dtype, param_dtype=m.param_dtype, scan_layers=m.scan_layers,
+              remat_policy=m.remat_policy, attention_impl=m.attention_impl or None)
+
+
+def model_config(config: ConfigDict) -> LlamaConfig:
+  """LlamaConfig from the model directory (checked against model.arch) or from model.arch."""
+  directory = model_dir(config)
+  arch = config.model.arch
+  if directory is None:
+    head_dim = arch.head_dim or arch.hidden_size // arch.num_heads
+    fields = {f.name for f in dataclasses.fields(LlamaConfig)}
+    values = {k: v for k, v in arch.to_dict().items() if k in fields}
+    return LlamaConfig(**{**values, "head_dim": head_dim}, **_run_settings(config))
+  cfg = convert.load_config(directory, **_run_settings(config))
+  for key, value in arch.to_dict().items():
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value and hasattr(cfg, key):
+      if getattr(cfg, key) != value:
+        raise ValueError(f"config.model.arch.{key}={value} but {directory} has {key}={getattr(cfg, key)}; "
+                         "fix the preset or point model.path at the right model")
+  return cfg
+
+
+def load_tokenizer(config: ConfigDict):
+  """The Hugging Face tokenizer named by config.model.tokenizer (never trust_remote_code)."""
+  import transformers
+  name = config.model.tokenizer
+  if name == "smollm2":
+    gguf = smollm2.fetch_gguf()
+    return transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+  if not name:
+    directory = model_dir(config)
+    if directory is None:
+      raise ValueError("config.model.tokenizer is empty and there is no model.path to take it from")
+    name = directory / "tokenizer"
+  if not pathlib.Path(name).exists():
+    raise FileNotFoundError(f"config.model.tokenizer: {name} does not exist")
+  return transformers.AutoTokenizer.from_pretrained(str(name))
+
+
+def params_loader(config: ConfigDict):
+  """A function(target) -> params restoring the converted weights into target shardings,
+  or None for random init."""
+  directory = model_dir(config)
+  if directory is None:
+    return None
+  return lambda target: convert.load_params(directory, target)

