@@ -3,6 +3,7 @@ checkpoints, with a clean stop on SIGTERM and a hard stop on a non-finite loss."
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 import time
@@ -94,8 +95,10 @@ def train_loop(config: ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any
   tokenizer = runtime.load_tokenizer(config)
 
   examples = load_examples(config, tokenizer)
-  iterator = batching.BatchIterator(examples, batching.BatchOptions.from_config(config.data, config.seed),
-                                    pad_id=data.pad_token_id(tokenizer))
+  batch_options = batching.BatchOptions.from_config(config.data, config.seed)
+  if config.optim.max_steps:  # a step budget overrides the epoch count
+    batch_options = dataclasses.replace(batch_options, num_epochs=None)
+  iterator = batching.BatchIterator(examples, batch_options, pad_id=data.pad_token_id(tokenizer))
   total_steps = config.optim.max_steps or iterator.steps_per_epoch * config.data.num_epochs
   logging.info("%d examples, %d steps/epoch, %d steps; model %s", len(examples), iterator.steps_per_epoch,
                total_steps, model_cfg)

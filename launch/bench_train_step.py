@@ -274,7 +274,7 @@ def machine() -> str:
     import torch
     import transformers
     versions += f", torch {torch.__version__}, transformers {transformers.__version__}"
-  return f"{os.cpu_count()} CPU cores ({cpu}), {jax.devices()[0].platform}; {versions}"
+  return f"{os.cpu_count()} CPU cores ({cpu}), JAX backend {jax.devices()[0].platform}; {versions}"
 
 
 def mib(n: float) -> str:
