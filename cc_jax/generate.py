@@ -1,11 +1,16 @@
-"""Batched generation with a key/value cache: left-padded prefill, then a jitted decode loop.
+"""Batched generation with a key/value cache, plain or with CC-Tuning's connection.
 
-Left padding puts every prompt's last token in the same column, so one cache write index
-serves the whole batch and the next token of every row is read from the last column.
+Left padding puts every prompt's last token (the anchor) in the same column, so one cache
+write index serves the whole batch. CC inference (REFERENCE.md §4) needs the anchor's MLP
+outputs before it can inject; since attention is causal and the anchor is the last prompt
+token, injection changes nothing before it. So the prefill captures the activations, the
+anchor alone is recomputed with the injection over the prefill's cache, and decoding goes
+on: the cost of plain generation plus one token, instead of the authors' second full pass.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Sequence
 
@@ -13,55 +18,50 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cc_jax import batching, connection, transform
+from cc_jax.connection import ConnectionConfig
 from cc_jax.model import KVCache, Llama, left_pad_positions
+from cc_jax.train import model_params
 
 
-def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, length: int | None = None):
-  """Left-pads token lists into (tokens, mask) int32 arrays of shape (B, length)."""
-  length = length or max(len(s) for s in sequences)
-  tokens = np.full((len(sequences), length), pad_id, np.int32)
-  mask = np.zeros((len(sequences), length), np.int32)
-  for row, seq in enumerate(sequences):
-    if len(seq) > length:
-      raise ValueError(f"sequence {row} has {len(seq)} tokens, more than length={length}")
-    if len(seq):
-      tokens[row, length - len(seq):] = seq
-      mask[row, length - len(seq):] = 1
-  return tokens, mask
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+  """temperature 0 is greedy; otherwise softmax(logits / temperature) within top_p."""
+  temperature: float = 0.0
+  top_p: float = 1.0
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens"))
-def greedy_generate(model: Llama, params, tokens_BT, mask_BT, eos_ids, *, max_new_tokens: int):
-  """Greedy decoding of a left-padded batch.
+def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, buckets: Sequence[int] | None = None):
+  """Left-pads prompts into (tokens, mask) int32 arrays (B, T); T is the smallest bucket that fits."""
+  batch = batching.left_pad_prompts(sequences, pad_id, buckets)
+  return batch["input_ids"], batch["attention_mask"]
 
-  Args:
-    model: the Llama module.
-    params: its parameters.
-    tokens_BT: left-padded prompt ids (int32).
-    mask_BT: 1 for real prompt tokens.
-    eos_ids: int32 array of token ids that end a sequence (may be empty).
-    max_new_tokens: number of tokens to generate at most.
+
+def _next_token(logits_BV, rng, sampling: Sampling):
+  if sampling.temperature == 0:
+    return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+  logits = logits_BV / sampling.temperature
+  if sampling.top_p < 1.0:
+    # Keep the smallest set of tokens whose probability reaches top_p (nucleus sampling).
+    sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
+    cumulative = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
+    cutoff_index = jnp.sum(cumulative < sampling.top_p, axis=-1, keepdims=True)
+    cutoff = jnp.take_along_axis(sorted_logits, cutoff_index, axis=-1)
+    logits = jnp.where(logits < cutoff, -jnp.inf, logits)
+  return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+
+
+def decode(model: Llama, params, cache: KVCache, logits_BV, last_position_B, eos_ids, max_new_tokens: int,
+           sampling: Sampling = Sampling(), rng=None):
+  """The decode loop from a filled cache and the logits of the last prompt token.
+
+  Stops early once every row has emitted an EOS; a finished row repeats its EOS.
 
   Returns:
-    (new_tokens (B, max_new_tokens) int32, lengths (B,) int32): each row's generated ids;
-    positions at and after a row's EOS repeat that EOS and do not count in `lengths`
-    beyond the EOS itself.
-  """
-  B, T = tokens_BT.shape
-  cache = KVCache.init(model.cfg, B, T + max_new_tokens)
-  positions_BT = left_pad_positions(mask_BT)
-  out = model.apply({"params": params}, tokens_BT, positions_BT, mask_BT, cache=cache, compute_logits=False)
-  logits_BV = model.apply({"params": params}, out.hidden_BTD[:, -1:], method=Llama.logits)[:, 0]
-  return decode(model, params, out.cache, logits_BV, positions_BT[:, -1], eos_ids, max_new_tokens)
-
-
-def decode(model: Llama, params, cache: KVCache, logits_BV, last_position_B, eos_ids, max_new_tokens: int):
-  """The greedy decode loop from a filled cache and the logits of the last prompt token.
-
-  Stops early once every row has emitted an EOS; rows that finished earlier are padded
-  with the EOS they emitted.
+    (tokens (B, max_new_tokens) int32, lengths (B,) int32 up to and including the first EOS).
   """
   B = logits_BV.shape[0]
+  rng = jax.random.key(0) if rng is None else rng
 
   def cond(carry):
     i, _, _, _, done_B, _ = carry
@@ -69,9 +69,8 @@ def decode(model: Llama, params, cache: KVCache, logits_BV, last_position_B, eos
 
   def body(carry):
     i, cache, logits_BV, position_B, done_B, tokens_BN = carry
-    token_B = jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
-    previous_B = tokens_BN[:, jnp.maximum(i - 1, 0)]
-    token_B = jnp.where(done_B, previous_B, token_B)
+    token_B = _next_token(logits_BV, jax.random.fold_in(rng, i), sampling)
+    token_B = jnp.where(done_B, tokens_BN[:, jnp.maximum(i - 1, 0)], token_B)
     tokens_BN = tokens_BN.at[:, i].set(token_B)
     out = model.apply({"params": params}, token_B[:, None], position_B[:, None] + 1,
                       jnp.ones((B, 1), jnp.int32), cache=cache)
@@ -80,11 +79,106 @@ def decode(model: Llama, params, cache: KVCache, logits_BV, last_position_B, eos
 
   init = (jnp.zeros((), jnp.int32), cache, logits_BV, last_position_B, jnp.zeros((B,), bool),
           jnp.zeros((B, max_new_tokens), jnp.int32))
-  steps, _, _, _, done_B, tokens_BN = jax.lax.while_loop(cond, body, init)
-  # Rows that all finished early leave unwritten columns: repeat their EOS there too.
+  steps, _, _, _, _, tokens_BN = jax.lax.while_loop(cond, body, init)
+  # When every row finished early, the unwritten columns repeat each row's last token.
   written_N = jnp.arange(max_new_tokens) < steps
   tokens_BN = jnp.where(written_N[None, :], tokens_BN, tokens_BN[:, jnp.maximum(steps - 1, 0)][:, None])
   is_eos_BN = jnp.isin(tokens_BN, eos_ids)
-  # Length: up to and including the first EOS.
-  first_eos_B = jnp.where(is_eos_BN.any(-1), jnp.argmax(is_eos_BN, axis=-1) + 1, max_new_tokens)
-  return tokens_BN, first_eos_B.astype(jnp.int32)
+  lengths_B = jnp.where(is_eos_BN.any(-1), jnp.argmax(is_eos_BN, axis=-1) + 1, max_new_tokens)
+  return tokens_BN, lengths_B.astype(jnp.int32)
+
+
+def _prefill(model: Llama, params, tokens_BT, mask_BT, cache_len: int, capture: bool):
+  """Fills a fresh cache with the prompt; optionally captures the anchor's MLP outputs."""
+  B, T = tokens_BT.shape
+  cache = KVCache.init(model.cfg, B, cache_len)
+  anchor_B = jnp.full((B,), T - 1, jnp.int32) if capture else None
+  return model.apply({"params": params}, tokens_BT, left_pad_positions(mask_BT), mask_BT, cache=cache,
+                     capture_at_B=anchor_B, compute_logits=False)
+
+
+def _last_logits(model: Llama, params, hidden_BTD):
+  return model.apply({"params": params}, hidden_BTD[:, -1:], method=Llama.logits)[:, 0]
+
+
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "sampling"))
+def generate(model: Llama, params, tokens_BT, mask_BT, eos_ids, rng=None, *, max_new_tokens: int,
+             sampling: Sampling = Sampling()):
+  """Plain generation for a left-padded batch (an `sft` model, or a cc model without connection).
+
+  Args:
+    model, params: the decoder (a `source_select` entry in params is ignored).
+    tokens_BT, mask_BT: left-padded prompt ids and their mask (int32).
+    eos_ids: int32 ids that end a sequence (may be empty).
+    rng: PRNG key for sampling (unused when greedy).
+    max_new_tokens, sampling: static decoding settings.
+
+  Returns:
+    (tokens (B, max_new_tokens), lengths (B,)).
+  """
+  params = model_params(params)
+  T = tokens_BT.shape[1]
+  out = _prefill(model, params, tokens_BT, mask_BT, T + max_new_tokens, capture=False)
+  return decode(model, params, out.cache, _last_logits(model, params, out.hidden_BTD),
+                left_pad_positions(mask_BT)[:, -1], eos_ids, max_new_tokens, sampling, rng)
+
+
+def greedy_generate(model: Llama, params, tokens_BT, mask_BT, eos_ids, *, max_new_tokens: int):
+  """Greedy `generate`."""
+  return generate(model, params, tokens_BT, mask_BT, eos_ids, max_new_tokens=max_new_tokens)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "sampling", "selection", "reuse_cache"))
+def cc_generate(model: Llama, params, tokens_BT, mask_BT, eos_ids, matrix=None, english=None, rng=None, *,
+                max_new_tokens: int, sampling: Sampling = Sampling(),
+                selection: ConnectionConfig = ConnectionConfig(selection="argmax"), reuse_cache: bool = True):
+  """CC-Tuning inference (REFERENCE.md §4) for a left-padded batch.
+
+  Args:
+    model: the decoder; `model.inject_layer` is where the vector goes.
+    params: decoder params plus `source_select` (the trained Decision Maker).
+    tokens_BT, mask_BT: left-padded non-English prompts (anchor = last column).
+    eos_ids: int32 ids that end a sequence.
+    matrix: the Transform Matrix, (D, D) or (L, D, D); None uses the identity.
+    english: optional (tokens, mask) of left-padded parallel English prompts: the oracle
+      mode, taking the real English activations instead of the simulated ones.
+    rng: PRNG key for Gumbel selection and sampling.
+    max_new_tokens, sampling: decoding settings.
+    selection: argmax (default, deterministic) or gumbel (the authors' noisy inference).
+    reuse_cache: True recomputes only the anchor over the prefill cache; False runs the
+      authors' procedure (a second full forward pass with the injection). Same tokens.
+
+  Returns:
+    (tokens (B, max_new_tokens), lengths (B,)).
+  """
+  rng = jax.random.key(0) if rng is None else rng
+  select_rng, sample_rng = jax.random.split(rng)
+  decoder = model_params(params)
+  B, T = tokens_BT.shape
+  cache_len = T + max_new_tokens
+  out = _prefill(model, decoder, tokens_BT, mask_BT, cache_len, capture=True)
+  if english is not None:
+    en_tokens, en_mask = english
+    source_LBD = _prefill(model, decoder, en_tokens, en_mask, en_tokens.shape[1], capture=True).captured_LBD
+  else:
+    source_LBD = out.captured_LBD
+    if matrix is not None:
+      source_LBD = transform.apply_matrix(source_LBD, matrix)
+  anchor_embed_BD = model.apply({"params": decoder}, tokens_BT[:, -1], method=Llama.embed)
+  noise_BL = connection.gumbel_noise(select_rng, (B, model.cfg.num_layers))
+  vector_BD, _, _ = connection.connect(params[connection.PARAM_NAME]["kernel"], source_LBD.astype(model.cfg.jnp_dtype),
+                                       anchor_embed_BD, noise_BL, selection)
+  positions_BT = left_pad_positions(mask_BT)
+
+  if reuse_cache:
+    # Rewind the cache by one slot and recompute the anchor with the injection: every
+    # earlier key and value is unchanged because attention is causal.
+    cache = out.cache.replace(index=out.cache.index - 1)
+    out = model.apply({"params": decoder}, tokens_BT[:, -1:], positions_BT[:, -1:], mask_BT[:, -1:], cache=cache,
+                      inject=(vector_BD, jnp.zeros((B,), jnp.int32)), compute_logits=False)
+  else:
+    cache = KVCache.init(model.cfg, B, cache_len)
+    out = model.apply({"params": decoder}, tokens_BT, positions_BT, mask_BT, cache=cache,
+                      inject=(vector_BD, jnp.full((B,), T - 1, jnp.int32)), compute_logits=False)
+  return decode(model, decoder, out.cache, _last_logits(model, decoder, out.hidden_BTD), positions_BT[:, -1],
+                eos_ids, max_new_tokens, sampling, sample_rng)

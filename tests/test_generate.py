@@ -1,0 +1,141 @@
+"""Generation: cached CC inference equals the authors' two-pass procedure token for token,
+batched equals one-at-a-time, and plain greedy decoding equals transformers'."""
+
+import numpy as np
+import pytest
+import torch
+
+from cc_jax import connection, convert, generate, model as M
+from cc_jax.connection import ConnectionConfig
+from tests import hf_reference as ref
+
+NEW = 12
+
+
+def with_decision_maker(params, cfg, seed=0, scale=3.0):
+  """A Decision Maker with weights large enough that different prompts pick different layers."""
+  kernel = np.random.default_rng(seed).normal(0, scale, (cfg.hidden_size, cfg.num_layers)).astype(np.float32)
+  return {**params, connection.PARAM_NAME: {"kernel": kernel}}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+  hf_model = ref.make_hf_model("qwen2_bias")
+  cc_dir = ref.convert_hf_model(hf_model, tmp_path_factory.mktemp("gen"))
+  cfg = convert.load_config(cc_dir)
+  return hf_model, cfg, with_decision_maker(convert.load_params(cc_dir), cfg)
+
+
+def prompts(vocab, lengths=(9, 4, 13, 6), seed=0):
+  rng = np.random.default_rng(seed)
+  return [rng.integers(1, vocab, n).tolist() for n in lengths]
+
+
+@pytest.mark.parametrize("mode", ["identity", "matrix", "oracle"])
+def test_cached_cc_generation_equals_two_full_passes(tiny, mode):
+  _, cfg, params = tiny
+  tokens, mask = generate.left_pad(prompts(cfg.vocab_size), pad_id=0)
+  eos = np.array([5], np.int32)
+  matrix = np.random.default_rng(1).normal(0, 0.3, (cfg.hidden_size, cfg.hidden_size)).astype(np.float32)
+  kwargs = dict(max_new_tokens=NEW)
+  if mode == "matrix":
+    kwargs["matrix"] = matrix
+  if mode == "oracle":
+    kwargs["english"] = generate.left_pad(prompts(cfg.vocab_size, (5, 7, 3, 8), seed=2), pad_id=0)
+  model = M.Llama(cfg)
+  fast = generate.cc_generate(model, params, tokens, mask, eos, **kwargs)
+  slow = generate.cc_generate(model, params, tokens, mask, eos, reuse_cache=False, **kwargs)
+  np.testing.assert_array_equal(np.asarray(fast[0]), np.asarray(slow[0]))
+  np.testing.assert_array_equal(np.asarray(fast[1]), np.asarray(slow[1]))
+  plain = generate.greedy_generate(model, params, tokens, mask, eos, max_new_tokens=NEW)
+  assert not np.array_equal(np.asarray(plain[0]), np.asarray(fast[0])), "the connection must change the output"
+
+
+def test_injection_at_a_later_layer_also_reuses_the_cache(tiny):
+  _, cfg, params = tiny
+  tokens, mask = generate.left_pad(prompts(cfg.vocab_size), pad_id=0)
+  model = M.Llama(cfg, inject_layer=1)
+  eos = np.zeros((0,), np.int32)
+  fast = generate.cc_generate(model, params, tokens, mask, eos, max_new_tokens=NEW)
+  slow = generate.cc_generate(model, params, tokens, mask, eos, max_new_tokens=NEW, reuse_cache=False)
+  np.testing.assert_array_equal(np.asarray(fast[0]), np.asarray(slow[0]))
+
+
+@pytest.mark.parametrize("cc", [False, True])
+def test_batched_equals_one_at_a_time(tiny, cc):
+  _, cfg, params = tiny
+  model = M.Llama(cfg)
+  eos = np.array([5], np.int32)
+  run = generate.cc_generate if cc else generate.generate
+  items = prompts(cfg.vocab_size)
+  tokens, mask = generate.left_pad(items, pad_id=0)
+  batched, lengths = run(model, params, tokens, mask, eos, max_new_tokens=NEW)
+  for row, item in enumerate(items):
+    single, single_len = run(model, params, *generate.left_pad([item], pad_id=0), eos, max_new_tokens=NEW)
+    assert int(single_len[0]) == int(lengths[row])
+    np.testing.assert_array_equal(np.asarray(single)[0, :int(single_len[0])],
+                                  np.asarray(batched)[row, :int(lengths[row])])
+
+
+def test_greedy_equals_transformers_generate_with_eos(tiny):
+  hf_model, cfg, params = tiny
+  model = M.Llama(cfg)
+  item = prompts(cfg.vocab_size)[0]
+  with torch.no_grad():
+    expected = hf_model.generate(torch.tensor([item]), max_new_tokens=NEW, do_sample=False, eos_token_id=[],
+                                 pad_token_id=0)[0, len(item):].tolist()
+  eos_token = expected[4]  # stop at the fifth generated token
+  tokens, length = generate.greedy_generate(model, params, *generate.left_pad([item], pad_id=0),
+                                            np.array([eos_token], np.int32), max_new_tokens=NEW)
+  first = expected.index(eos_token) + 1
+  assert int(length[0]) == first
+  assert np.asarray(tokens)[0, :first].tolist() == expected[:first]
+  assert set(np.asarray(tokens)[0, first:].tolist()) <= {eos_token}
+
+
+def test_sampling_is_seeded_and_tiny_top_p_is_greedy(tiny):
+  import jax
+  _, cfg, params = tiny
+  model = M.Llama(cfg)
+  tokens, mask = generate.left_pad(prompts(cfg.vocab_size), pad_id=0)
+  eos = np.zeros((0,), np.int32)
+  hot = generate.Sampling(temperature=1.5)
+  a = generate.generate(model, params, tokens, mask, eos, jax.random.key(3), max_new_tokens=NEW, sampling=hot)
+  b = generate.generate(model, params, tokens, mask, eos, jax.random.key(3), max_new_tokens=NEW, sampling=hot)
+  c = generate.generate(model, params, tokens, mask, eos, jax.random.key(4), max_new_tokens=NEW, sampling=hot)
+  np.testing.assert_array_equal(np.asarray(a[0]), np.asarray(b[0]))
+  assert not np.array_equal(np.asarray(a[0]), np.asarray(c[0]))
+  nucleus = generate.generate(model, params, tokens, mask, eos, jax.random.key(3), max_new_tokens=NEW,
+                              sampling=generate.Sampling(temperature=1.0, top_p=1e-6))
+  greedy = generate.greedy_generate(model, params, tokens, mask, eos, max_new_tokens=NEW)
+  np.testing.assert_array_equal(np.asarray(nucleus[0]), np.asarray(greedy[0]))
+
+
+def test_gumbel_selection_is_an_option(tiny):
+  import jax
+  _, cfg, params = tiny
+  model = M.Llama(cfg)
+  tokens, mask = generate.left_pad(prompts(cfg.vocab_size), pad_id=0)
+  eos = np.zeros((0,), np.int32)
+  gumbel = ConnectionConfig(selection="gumbel")
+  runs = [np.asarray(generate.cc_generate(model, params, tokens, mask, eos, rng=jax.random.key(k),
+                                          max_new_tokens=NEW, selection=gumbel)[0]) for k in range(4)]
+  assert any(not np.array_equal(runs[0], r) for r in runs[1:]), "Gumbel noise should vary the choice"
+  fixed = [np.asarray(generate.cc_generate(model, params, tokens, mask, eos, rng=jax.random.key(k),
+                                           max_new_tokens=NEW)[0]) for k in range(2)]
+  np.testing.assert_array_equal(fixed[0], fixed[1])  # argmax (default) is deterministic
+
+
+def test_smollm2_cached_cc_equals_two_passes(smollm2_dir, smollm2_hf):
+  _, tokenizer = smollm2_hf
+  cfg = convert.load_config(smollm2_dir)
+  params = with_decision_maker(convert.load_params(smollm2_dir), cfg, scale=0.5)
+  texts = ["Combien font 7 fois 6 ?", "Сколько будет 12 плюс 30? Ответьте числом.", "3加4等于多少？"]
+  items = [tokenizer.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True)["input_ids"]
+           for t in texts]
+  tokens, mask = generate.left_pad(items, tokenizer.pad_token_id)
+  eos = np.array([tokenizer.convert_tokens_to_ids("<|im_end|>")], np.int32)
+  model = M.Llama(cfg)
+  fast = generate.cc_generate(model, params, tokens, mask, eos, max_new_tokens=16)
+  slow = generate.cc_generate(model, params, tokens, mask, eos, max_new_tokens=16, reuse_cache=False)
+  np.testing.assert_array_equal(np.asarray(fast[0]), np.asarray(slow[0]))

@@ -1,0 +1,77 @@
+"""The Transform Matrix solver against numpy and closed forms, and its save/load checks."""
+
+import json
+
+import numpy as np
+import pytest
+
+from cc_jax import transform
+
+
+def random_pairs(n=40, layers=3, d=16, noise=0.01, seed=0):
+  rng = np.random.default_rng(seed)
+  planted = rng.normal(size=(d, d)).astype(np.float32) / np.sqrt(d)
+  source = rng.normal(size=(n, layers, d)).astype(np.float32)
+  target = source @ planted + noise * rng.normal(size=(n, layers, d)).astype(np.float32)
+  return source, target, planted
+
+
+def relative(a, b):
+  return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def test_solver_equals_numpy_lstsq():
+  source, target, _ = random_pairs(noise=0.5)
+  rows_s, rows_t = source.reshape(-1, 16), target.reshape(-1, 16)
+  expected = np.linalg.lstsq(rows_s.astype(np.float64), rows_t.astype(np.float64), rcond=None)[0]
+  assert relative(transform.solve(source, target), expected) <= 1e-5
+
+
+@pytest.mark.parametrize("ridge", [0.0, 3.0])
+def test_ridge_and_streaming_agree_with_closed_forms(ridge):
+  source, target, _ = random_pairs(noise=0.5)
+  s, t = source.reshape(-1, 16).astype(np.float64), target.reshape(-1, 16).astype(np.float64)
+  closed = np.linalg.solve(s.T @ s + ridge * np.eye(16), s.T @ t)
+  direct = transform.solve(source, target, transform.SolveOptions(ridge=ridge))
+  streamed = transform.solve(source, target, transform.SolveOptions(ridge=ridge, streaming=True), chunk_rows=7)
+  assert relative(direct, closed) <= 1e-4
+  assert relative(streamed, closed) <= 1e-4
+
+
+def test_recovers_a_planted_map_shared_and_per_layer():
+  source, target, planted = random_pairs(n=200, noise=0.001)
+  assert relative(transform.solve(source, target), planted) <= 1e-2
+  per_layer = transform.solve(source, target, transform.SolveOptions(per_layer=True))
+  assert per_layer.shape == (3, 16, 16)
+  for layer in range(3):
+    assert relative(per_layer[layer], planted) <= 1e-2
+  stats = transform.fit_statistics(source, target, planted)
+  assert stats["r2"] > 0.999 and len(stats["r2_per_layer"]) == 3
+  np.testing.assert_allclose(stats["mse"], np.mean((source @ planted - target) ** 2), rtol=1e-5)
+
+
+def test_fit_statistics_by_hand():
+  source = np.array([[[1.0, 0.0]], [[0.0, 1.0]]], np.float32)  # N=2, L=1, D=2
+  target = np.array([[[1.0, 1.0]], [[3.0, 1.0]]], np.float32)
+  stats = transform.fit_statistics(source, target, np.eye(2, dtype=np.float32))
+  # residuals: (0, 1) and (3, 0) -> squares 0 + 1 + 9 + 0 = 10 over 4 entries
+  assert stats["mse"] == pytest.approx(2.5)
+  # target column means (2, 1): total sum of squares 1 + 0 + 1 + 0 = 2 -> R^2 = 1 - 10/2
+  assert stats["r2"] == pytest.approx(-4.0)
+
+
+def test_save_load_refuses_mismatches(tmp_path):
+  matrix = np.eye(8, dtype=np.float32)
+  transform.save(tmp_path, matrix, {"checkpoint": "/runs/a/checkpoints/100", "n": 5})
+  loaded, meta = transform.load(tmp_path, num_layers=2, hidden_size=8, checkpoint="/runs/a/checkpoints/100")
+  np.testing.assert_array_equal(loaded, matrix)
+  assert meta["n"] == 5 and meta["shape"] == [8, 8]
+  with pytest.raises(ValueError, match="does not fit a model with 2 layers of width 16"):
+    transform.load(tmp_path, num_layers=2, hidden_size=16)
+  with pytest.raises(ValueError, match="fitted on checkpoint '/runs/a/checkpoints/100'"):
+    transform.load(tmp_path, num_layers=2, hidden_size=8, checkpoint="/runs/b/checkpoints/7")
+  # An object array would need pickle to load: refused.
+  np.save(tmp_path / transform.MATRIX_FILE, np.array([{"x": 1}], dtype=object), allow_pickle=True)
+  with pytest.raises(ValueError, match="allow_pickle"):
+    transform.load(tmp_path, num_layers=2, hidden_size=8)
+  assert json.loads((tmp_path / transform.META_FILE).read_text())["checkpoint"] == "/runs/a/checkpoints/100"
