@@ -289,6 +289,27 @@ class Checkpointer:
     )
     return restored[_STATE], restored[_EXTRA]
 
+  def restore_params(self, abstract_params: PyTree, step: int | None = None) -> tuple[PyTree, int]:
+    """Restores only `state.params` (no optimizer state), e.g. for inference.
+
+    Args:
+      abstract_params: the params pytree of jax.ShapeDtypeStructs with shardings.
+      step: step to restore; None means the latest.
+
+    Returns:
+      (params, step).
+    """
+    self._manager.wait_until_finished()
+    step = self._manager.latest_step() if step is None else step
+    if step is None or step not in self._manager.all_steps():
+      raise FileNotFoundError(f"No checkpoint{'' if step is None else f' for step {step}'} in {self.directory}; "
+                              f"have {self.all_steps()}.")
+    item = {"params": abstract_params}
+    restored = self._manager.restore(step, args=ocp.args.Composite(**{
+        _STATE: ocp.args.PyTreeRestore(item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+                                       partial_restore=True)}))
+    return restored[_STATE]["params"], step
+
   def wait(self) -> None:
     """Blocks until an in-flight async save is finalized; re-raises its error if it failed."""
     self._manager.wait_until_finished()

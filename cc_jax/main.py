@@ -60,10 +60,21 @@ def main(argv):
     summary = loop.train_loop(config, workdir)
     print(f"{summary['status']} at step {summary['step']}; loss {summary['metrics'].get('loss', float('nan')):.4f}; "
           f"checkpoints in {summary['workdir']}/checkpoints")
+  elif config.task == "matrix":
+    from cc_jax import transform
+    if not workdir:
+      raise app.UsageError("task=matrix needs --workdir: the training run whose matrix to fit")
+    m = config.matrix
+    meta = transform.fit_for_run(
+        workdir, num_samples=m.num_samples, seed=m.seed, batch_size=m.batch_size, step=m.step or None,
+        options=transform.SolveOptions(ridge=m.ridge, per_layer=m.per_layer, streaming=m.streaming),
+        data_source=m.data_source or None, progress=config.log.progress_bar)
+    print(f"Transform Matrix from {meta['num_samples']} pairs of {meta['checkpoint']}: "
+          f"MSE {meta['mse']:.4g}, R^2 {meta['r2']:.4f}; written to {workdir}/matrix")
   elif config.task == "generate":
     generate(config)
   else:
-    raise app.UsageError(f"config.task={config.task!r}; expected train or generate")
+    raise app.UsageError(f"config.task={config.task!r}; expected train, matrix, eval, pipeline or generate")
 
 
 if __name__ == "__main__":

@@ -97,3 +97,57 @@ def params_loader(config: ConfigDict):
   if directory is None:
     return None
   return lambda target: convert.load_params(directory, target)
+
+
+@dataclasses.dataclass
+class TrainedModel:
+  """A trained run's model, ready for inference."""
+  train_config: ConfigDict  # the config the run was trained with
+  model: "Llama"
+  params: dict  # decoder params, plus `source_select` for cc runs
+  tokenizer: object
+  checkpoint: str  # "<workdir>/checkpoints/<step>": identifies the weights (e.g. for the matrix)
+
+
+def load_trained(workdir, step: int | None = None, mesh: jax.sharding.Mesh | None = None) -> TrainedModel:
+  """Restores a training run's parameters (not its optimizer state) for inference.
+
+  Args:
+    workdir: the training workdir (holds run.json and checkpoints/).
+    step: checkpoint step; None takes the latest.
+    mesh: shard the parameters over this mesh (default: one over all devices, fsdp).
+  """
+  import json
+
+  import flax.linen as nn
+  import jax.numpy as jnp
+
+  from cc_jax import checkpoint, connection
+  from cc_jax.model import Llama
+
+  workdir = pathlib.Path(workdir).absolute()
+  run_file = workdir / "run.json"
+  if not run_file.exists():
+    raise FileNotFoundError(f"{run_file} does not exist: {workdir} is not a cc_jax training workdir")
+  train_config = ConfigDict(json.loads(run_file.read_text())["config"])
+  cfg = model_config(train_config)
+  model = Llama(cfg, inject_layer=train_config.cc.inject_layer)
+  mesh = mesh or sh.make_mesh({"fsdp": -1})
+  rules = sh.rules_from_config(train_config.mesh.rules.to_dict())
+
+  def init(rng):
+    dummy = jnp.zeros((1, 4), jnp.int32)
+    params = model.init(rng, dummy, dummy, dummy + 1)["params"]
+    if train_config.cc.method == "cc":
+      params[connection.PARAM_NAME] = connection.init_decision_maker(rng, cfg.hidden_size, cfg.num_layers,
+                                                                     cfg.jnp_param_dtype)
+    return params
+
+  abstract = jax.eval_shape(init, jax.random.key(0))
+  shardings = sh.logical_shardings(abstract, mesh, rules)
+  target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), nn.unbox(abstract),
+                        shardings)
+  with checkpoint.Checkpointer(checkpoint.CheckpointConfig(str(workdir / "checkpoints"))) as ckpt:
+    params, step = ckpt.restore_params(target, step)
+  return TrainedModel(train_config, model, params, load_tokenizer(train_config),
+                      str(workdir / "checkpoints" / str(step)))

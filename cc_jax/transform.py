@@ -185,3 +185,46 @@ def load(directory, *, num_layers: int, hidden_size: int, checkpoint: str | None
                      f"but the model comes from {checkpoint!r}; refit the matrix (task=matrix)")
   return matrix, meta
 
+
+
+# --- The matrix task ------------------------------------------------------------------------------
+def fit_for_run(workdir, *, num_samples: int = 1000, seed: int = 0, batch_size: int = 16,
+                options: SolveOptions = SolveOptions(), step: int | None = None,
+                data_source: str | None = None, progress: bool = True) -> dict:
+  """Fits the Transform Matrix of a trained run from its own training data (REFERENCE.md §3).
+
+  Samples `num_samples` parallel records (seeded), runs each non-English and English prompt
+  without injection, records every layer's MLP output at the anchor, solves, and writes
+  `<workdir>/matrix/` with the fit statistics and the checkpoint it belongs to.
+
+  Returns:
+    The metadata written beside the matrix.
+  """
+  import tqdm
+
+  from cc_jax import data, runtime, train
+
+  trained = runtime.load_trained(workdir, step)
+  train_config, tokenizer = trained.train_config, trained.tokenizer
+  source = data_source or train_config.data.source
+  records = data.load_records(source, data.SourceOptions.from_config(train_config.data), shard_index=0,
+                              shard_count=1)
+  picked = [records[i] for i in sample_indices(len(records), num_samples, seed)]
+  fmt = data.chat_format(tokenizer, data.TokenizeOptions.from_config(train_config.data))
+  systems = [r.system or train_config.data.default_system or None for r in picked]
+  source_prompts = data.encode_prompts(tokenizer, fmt, [r.prompt for r in picked], systems)
+  target_prompts = data.encode_prompts(tokenizer, fmt, [r.prompt_en for r in picked], systems)
+  longest = max(len(p) for p in source_prompts + target_prompts)
+  buckets = batching.default_buckets(longest, min_len=32)
+  params = train.model_params(trained.params)
+  with tqdm.tqdm(total=2 * len(picked), desc="matrix: collect", disable=not progress) as bar:
+    source_NLD = collect_activations(trained.model, params, source_prompts, data.pad_token_id(tokenizer),
+                                     batch_size, buckets, bar)
+    target_NLD = collect_activations(trained.model, params, target_prompts, data.pad_token_id(tokenizer),
+                                     batch_size, buckets, bar)
+  matrix = solve(source_NLD, target_NLD, options)
+  stats = fit_statistics(source_NLD, target_NLD, matrix)
+  meta = {"checkpoint": trained.checkpoint, "num_samples": len(picked), "seed": seed, "data": source,
+          "options": dataclasses.asdict(options), **stats}
+  save(pathlib.Path(workdir) / "matrix", matrix, meta)
+  return meta

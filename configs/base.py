@@ -9,7 +9,7 @@ from ml_collections import config_dict
 
 def get_config() -> config_dict.ConfigDict:
   c = config_dict.ConfigDict()
-  c.task = "train"  # train | generate
+  c.task = "train"  # train | matrix | eval | pipeline | generate
   c.seed = 0  # seeds init, data order, Gumbel noise
   c.workdir = ""  # where checkpoints, TensorBoard events and outputs go (or --workdir)
 
@@ -109,6 +109,16 @@ def get_config() -> config_dict.ConfigDict:
   c.log = config_dict.ConfigDict()
   c.log.every_steps = 10  # console / TensorBoard metrics interval
   c.log.progress_bar = True
+
+  c.matrix = config_dict.ConfigDict()  # task=matrix: the Transform Matrix of a trained run
+  c.matrix.num_samples = 1000  # parallel prompt pairs sampled from the training data (paper: 1000)
+  c.matrix.seed = 0
+  c.matrix.batch_size = 16
+  c.matrix.ridge = 0.0  # 0 = ordinary least squares (paper)
+  c.matrix.per_layer = False  # one matrix per layer instead of one shared (paper: shared)
+  c.matrix.streaming = False  # accumulate S^T S and S^T T instead of stacking rows
+  c.matrix.step = 0  # checkpoint step to use; 0 = latest
+  c.matrix.data_source = ""  # "" = the run's training data
 
   c.generate = config_dict.ConfigDict()  # task=generate
   c.generate.prompt = "Translate to French: The cat sleeps on the sofa."

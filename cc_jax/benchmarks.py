@@ -1,0 +1,629 @@
+"""The paper's six evaluation benchmarks (REFERENCE.md §5) as uniform `EvalExample` lists.
+
+Sources: local files in the authors' layout, or Hugging Face `datasets` (hub rows mapped to
+the authors' prompt style). Scoring lives in `metrics.py`; this module only carries its data.
+
+Local layout. `root/<Benchmark>/` holds, per language code `<lang>`, two parallel files with
+one JSON value per line (line i of one file belongs to line i of the other):
+
+  * instructions: one object per line, `{"instruction": "<prompt text>"}`. For choice tasks
+    the object may also hold `"options"` and `"option_labels"` (lists of strings); without
+    them the options are parsed from the instruction text (see `parse_options`).
+  * answers: one JSON string per line (for choice tasks a label such as "2" or "B"; "(B)"
+    and "B." are read as "B"), or for MKQA a list of acceptable strings (a bare string is
+    read as a one-item list).
+
+Three naming conventions are accepted, tried in this order (the first whose instruction file
+exists is used, and its answer file must then exist too):
+
+  1. `<lang>.jsonl` + `<lang>.answers.jsonl`          (cc_jax's own; `write_local` writes it)
+  2. `split_sample/<lang>.json` + `ans_sample/<lang>.json`   (the authors' sampled files)
+  3. `split/<lang>.json` + `ans/<lang>.json`          (the authors' full files: XQuAD, XStoryCloze)
+
+`<Benchmark>` is matched case-insensitively, ignoring '_', '-' and spaces ("xstory_cloze"
+finds "XStoryCloze"). Blank lines are allowed only at the end of a file.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+import re
+import tempfile
+from typing import Any, Iterable, Mapping, Sequence
+
+# ---------------------------------------------------------------------------------------------
+# The paper's benchmarks (REFERENCE.md §5 table, and the authors' `langs_all`)
+
+BENCHMARKS = ("XNLI", "XStoryCloze", "MMMLU", "XQuAD", "MKQA", "XLSum")
+LANGUAGES = {
+    "XNLI": ("en", "ar", "el", "hi", "ru", "sw", "th", "tr", "ur", "zh"),
+    "XStoryCloze": ("ar", "en", "es", "eu", "hi", "id", "ru", "sw", "te", "zh"),
+    "MMMLU": ("en", "ar", "bn", "es", "hi", "id", "ko", "pt", "sw", "yo"),
+    "XQuAD": ("ar", "de", "el", "en", "hi", "ru", "th", "tr", "vi", "zh"),
+    "MKQA": ("en", "ar", "de", "ja", "ko", "pt", "ru", "tr", "vi", "zh"),
+    "XLSum": ("en", "ar", "fr", "hi", "id", "ru", "sw", "tr", "ur", "vi"),
+}
+KINDS = ("choice", "qa", "summary")
+KIND = {"XNLI": "choice", "XStoryCloze": "choice", "MMMLU": "choice",
+        "XQuAD": "qa", "MKQA": "qa", "XLSum": "summary"}
+# Labels the prompts number their options with; a choice task's gold is one of them.
+OPTION_LABELS = {"XNLI": ("1", "2", "3"), "XStoryCloze": ("1", "2"),
+                 "MMMLU": ("A", "B", "C", "D")}
+# The score each benchmark is reported by (REFERENCE.md §5); `report.py` uses these names
+# when the score dicts hold them. XQuAD/MKQA "accuracy": a gold answer is found in the output.
+PRIMARY_METRIC = {"XNLI": "accuracy", "XStoryCloze": "accuracy", "MMMLU": "accuracy",
+                  "XQuAD": "accuracy", "MKQA": "accuracy", "XLSum": "rougeL"}
+
+# (instruction file, answer file) patterns, in lookup order; see the module docstring.
+LAYOUTS = (("{lang}.jsonl", "{lang}.answers.jsonl"),
+           ("split_sample/{lang}.json", "ans_sample/{lang}.json"),
+           ("split/{lang}.json", "ans/{lang}.json"))
+
+_ALIASES = {re.sub(r"[\s_-]", "", b.lower()): b for b in BENCHMARKS}
+
+
+class BenchmarkDataError(ValueError):
+  """A benchmark file that cannot be used; the message starts with its location (file:line)."""
+
+
+def canonical_benchmark(name: str) -> str:
+  """Returns the canonical spelling of a benchmark name ("xstory_cloze" -> "XStoryCloze")."""
+  key = re.sub(r"[\s_-]", "", str(name).lower())
+  if key not in _ALIASES:
+    raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
+  return _ALIASES[key]
+
+
+def check_language(benchmark: str, lang: str) -> None:
+  """Raises ValueError unless `lang` is one of the paper's languages for `benchmark`."""
+  benchmark = canonical_benchmark(benchmark)
+  if lang not in LANGUAGES[benchmark]:
+    raise ValueError(f"{benchmark} has no language {lang!r} in the paper's set; "
+                     f"expected one of {', '.join(LANGUAGES[benchmark])}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Examples
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalExample:
+  """One benchmark prompt and what its answer is scored against.
+
+  Attributes:
+    benchmark: canonical benchmark name (one of BENCHMARKS).
+    lang: language code of the prompt.
+    index: position in its language's source (line of the local file, or row of the hub
+      split), so that the same index is the same item across languages of a parallel set.
+    prompt: the instruction given to the model, in the paper's prompt style.
+    gold: the reference: an option label for choice tasks, an answer string for XQuAD, a
+      tuple of acceptable answers for MKQA, the reference summary for XLSum.
+    kind: "choice", "qa" or "summary".
+    options: option texts in label order (choice tasks), in the prompt's language; None if
+      they could not be recovered from the prompt.
+    option_labels: the labels the prompt uses for the options ("1".."3", "A".."D").
+  """
+  benchmark: str
+  lang: str
+  index: int
+  prompt: str
+  gold: str | tuple[str, ...]
+  kind: str
+  options: tuple[str, ...] | None = None
+  option_labels: tuple[str, ...] | None = None
+
+  def __post_init__(self):
+    if self.kind not in KINDS:
+      raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+    gold_ok = isinstance(self.gold, str) or (
+        isinstance(self.gold, tuple) and all(isinstance(g, str) for g in self.gold))
+    if not gold_ok:
+      raise TypeError(f"gold must be a str or a tuple of str, got {self.gold!r}")
+    if (self.options is not None and self.option_labels is not None
+        and len(self.options) != len(self.option_labels)):
+      raise ValueError(f"{len(self.options)} options but {len(self.option_labels)} labels")
+
+
+# ---------------------------------------------------------------------------------------------
+# Options inside a prompt
+
+# One option per line: "(1) text", "1. text", "1) text", "(A) text", "A. text", "A: text";
+# full-width brackets and punctuation too, as Chinese/Japanese prompts write them.
+_OPTION_LINE = re.compile(r"^\s*[(（]?\s*([0-9]{1,2}|[A-Z])\s*[)）.．:：]\s*(\S.*?)\s*$")
+
+
+def _next_label(label: str) -> str:
+  return str(int(label) + 1) if label.isdigit() else chr(ord(label) + 1)
+
+
+def parse_options(text: str, labels: Sequence[str]) -> tuple[str, ...] | None:
+  """Recovers option texts from a prompt.
+
+  Rule: the options are the last run of consecutive lines whose labels are exactly `labels`
+  in order (each line in one of the forms "(1) text", "1. text", "1) text", "(A) text",
+  "A. text", "A: text"), and the line after the run must not carry the next label (so a
+  five-option list does not pass for four). Taking the last run skips numbered lines in a
+  passage or question above the options.
+
+  Args:
+    text: the prompt.
+    labels: the expected labels, e.g. ("1", "2", "3") or ("A", "B", "C", "D").
+
+  Returns:
+    The option texts in label order, or None when no such run exists.
+  """
+  labels = tuple(labels)
+  if not labels:
+    return None
+  parsed = []
+  for line in text.splitlines():
+    m = _OPTION_LINE.match(line)
+    parsed.append((m.group(1), m.group(2)) if m else None)
+  n = len(labels)
+  for start in range(len(parsed) - n, -1, -1):
+    window = parsed[start:start + n]
+    if not all(p is not None and p[0] == label for p, label in zip(window, labels)):
+      continue
+    after = parsed[start + n] if start + n < len(parsed) else None
+    if after is not None and after[0] == _next_label(labels[-1]):
+      return None
+    return tuple(p[1] for p in window)
+  return None
+
+
+def _choice_label(value: str, labels: Sequence[str]) -> str | None:
+  """Reads "B", " (B) ", "B." or "（B）" as the label "B"; None if it is none of `labels`."""
+  label = value.strip().strip("()（）").strip().rstrip(".．").strip()
+  return label if label in labels else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompts for hub rows, in the authors' style (XNLI's is the paper's, REFERENCE.md §5; the
+# others are the English instructions of the authors' evaluation files). The authors' files
+# translate the instruction into the target language; these templates keep it in English and
+# only the content is in the target language, so local files give the paper's exact prompts.
+
+XNLI_PROMPT = (
+    "Premise: {premise}\nHypothesis: {hypothesis}\n\n"
+    "What do you think is the relationship between the premise and the hypothesis?\n\n"
+    "(1) Entailment\n(2) Neutral\n(3) Contradiction\n\n"
+    "If you have to choose one of these options, your answer would be:")
+XNLI_OPTIONS = ("Entailment", "Neutral", "Contradiction")
+XSTORYCLOZE_PROMPT = (
+    "{story}\n(1) {ending1}\n(2) {ending2}\n\n"
+    "Which of the two options is more likely to be the ending of the given story.\nYour answer:")
+MMMLU_PROMPT = (
+    "Please answer the following multiple choice question.\n\n{question}\n"
+    "(A) {a}\n(B) {b}\n(C) {c}\n(D) {d}\n\n"
+    "If you have to choose one of these options, your answer would be:")
+XQUAD_PROMPT = ("Please answer these questions only based on the given context.\n\n"
+                "Context: {context}\nQuestion: {question}\n\nYour answer:")
+MKQA_PROMPT = "Please answer the following question.\n\n{question}\n\nYour answer:"
+XLSUM_PROMPT = "Summarize the following article in one sentence.\n\nArticle: {article}\n\nSummary:"
+
+# Hub sources: benchmark -> (dataset path, config for a language, split). MMMLU's English is
+# the original MMLU; MMMLU and XLSum name their configs by locale and language name.
+_MMMLU_CONFIGS = {"ar": "AR_XA", "bn": "BN_BD", "es": "ES_LA", "hi": "HI_IN", "id": "ID_ID",
+                  "ko": "KO_KR", "pt": "PT_BR", "sw": "SW_KE", "yo": "YO_NG"}
+_XLSUM_CONFIGS = {"en": "english", "ar": "arabic", "fr": "french", "hi": "hindi",
+                  "id": "indonesian", "ru": "russian", "sw": "swahili", "tr": "turkish",
+                  "ur": "urdu", "vi": "vietnamese"}
+_MKQA_KEYS = {"zh": "zh_cn"}  # MKQA keys Simplified Chinese as zh_cn
+
+
+def hub_source(benchmark: str, lang: str) -> tuple[str, str | None, str]:
+  """Returns (dataset path, config name or None, split) of a benchmark language on the hub."""
+  benchmark = canonical_benchmark(benchmark)
+  check_language(benchmark, lang)
+  if benchmark == "XNLI":
+    return "facebook/xnli", lang, "test"
+  if benchmark == "XStoryCloze":
+    return "juletxara/xstory_cloze", lang, "eval"
+  if benchmark == "MMMLU":
+    return ("cais/mmlu", "all", "test") if lang == "en" else (
+        "openai/MMMLU", _MMMLU_CONFIGS[lang], "test")
+  if benchmark == "XQuAD":
+    return "google/xquad", f"xquad.{lang}", "validation"
+  if benchmark == "MKQA":
+    return "apple/mkqa", None, "train"
+  return "csebuetnlp/xlsum", _XLSUM_CONFIGS[lang], "test"
+
+
+def _field(row: Mapping[str, Any], key: str, where: str) -> Any:
+  if key not in row:
+    raise BenchmarkDataError(f"{where}: missing field {key!r}")
+  return row[key]
+
+
+def _choice_example(benchmark: str, lang: str, index: int, prompt: str, gold: str,
+                    options: tuple[str, ...]) -> EvalExample:
+  return EvalExample(benchmark, lang, index, prompt, gold, "choice", options,
+                     OPTION_LABELS[benchmark])
+
+
+def example_from_row(benchmark: str, lang: str, index: int,
+                     row: Mapping[str, Any]) -> EvalExample | None:
+  """Maps one hub row to an EvalExample with the authors' prompt style.
+
+  Row shapes: XNLI `premise, hypothesis, label` (0 entailment, 1 neutral, 2 contradiction);
+  XStoryCloze `input_sentence_1..4, sentence_quiz1, sentence_quiz2, answer_right_ending`;
+  MMMLU `Question, A..D, Answer` (openai/MMMLU) or `question, choices, answer` (cais/mmlu);
+  XQuAD `context, question, answers.text`; MKQA `queries[lang], answers[lang]` (each answer's
+  text and aliases are acceptable); XLSum `text, summary`.
+
+  Returns:
+    The example, or None for an MKQA row without an answer in `lang` (unanswerable).
+  """
+  benchmark = canonical_benchmark(benchmark)
+  where = f"{benchmark}/{lang} row {index}"
+  if benchmark == "XNLI":
+    label = _field(row, "label", where)
+    if label not in (0, 1, 2):
+      raise BenchmarkDataError(f"{where}: label {label!r} is not 0, 1 or 2")
+    prompt = XNLI_PROMPT.format(premise=_field(row, "premise", where),
+                                hypothesis=_field(row, "hypothesis", where))
+    return _choice_example(benchmark, lang, index, prompt, str(label + 1), XNLI_OPTIONS)
+  if benchmark == "XStoryCloze":
+    story = " ".join(str(_field(row, f"input_sentence_{i}", where)).strip() for i in range(1, 5))
+    endings = (str(_field(row, "sentence_quiz1", where)).strip(),
+               str(_field(row, "sentence_quiz2", where)).strip())
+    gold = str(_field(row, "answer_right_ending", where))
+    if gold not in ("1", "2"):
+      raise BenchmarkDataError(f"{where}: answer_right_ending {gold!r} is not 1 or 2")
+    prompt = XSTORYCLOZE_PROMPT.format(story=story, ending1=endings[0], ending2=endings[1])
+    return _choice_example(benchmark, lang, index, prompt, gold, endings)
+  if benchmark == "MMMLU":
+    if "Question" in row:  # openai/MMMLU
+      question = row["Question"]
+      options = tuple(str(_field(row, k, where)) for k in "ABCD")
+      gold = _choice_label(str(_field(row, "Answer", where)), OPTION_LABELS["MMMLU"])
+    else:  # cais/mmlu
+      question = _field(row, "question", where)
+      options = tuple(str(c) for c in _field(row, "choices", where))
+      answer = _field(row, "answer", where)
+      gold = "ABCD"[answer] if answer in (0, 1, 2, 3) else None
+    if len(options) != 4 or gold is None:
+      raise BenchmarkDataError(f"{where}: expected 4 choices and an answer in A-D")
+    prompt = MMMLU_PROMPT.format(question=question, a=options[0], b=options[1], c=options[2],
+                                 d=options[3])
+    return _choice_example(benchmark, lang, index, prompt, gold, options)
+  if benchmark == "XQuAD":
+    texts = list(_field(row, "answers", where).get("text", []))
+    if not texts:
+      raise BenchmarkDataError(f"{where}: no answer text")
+    prompt = XQUAD_PROMPT.format(context=_field(row, "context", where),
+                                 question=_field(row, "question", where))
+    return EvalExample(benchmark, lang, index, prompt, texts[0], "qa")
+  if benchmark == "MKQA":
+    key = _MKQA_KEYS.get(lang, lang)
+    queries = _field(row, "queries", where)
+    if key not in queries:
+      raise BenchmarkDataError(f"{where}: no query in {key!r}")
+    gold = []
+    for answer in _field(row, "answers", where).get(key) or []:
+      for text in [answer.get("text")] + list(answer.get("aliases") or []):
+        if text and text not in gold:
+          gold.append(text)
+    if not gold:
+      return None
+    prompt = MKQA_PROMPT.format(question=queries[key])
+    return EvalExample(benchmark, lang, index, prompt, tuple(gold), "qa")
+  prompt = XLSUM_PROMPT.format(article=_field(row, "text", where))
+  return EvalExample(benchmark, lang, index, prompt, _field(row, "summary", where), "summary")
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling
+
+
+def _sample_key(seed: int, benchmark: str, index: int) -> bytes:
+  return hashlib.blake2b(f"{seed}\0{benchmark}\0{index}".encode(), digest_size=8).digest()
+
+
+def _order(examples: Iterable[EvalExample]) -> list[EvalExample]:
+  bench_rank = {b: i for i, b in enumerate(BENCHMARKS)}
+
+  def key(e):
+    langs = LANGUAGES.get(e.benchmark, ())
+    return (bench_rank.get(e.benchmark, len(BENCHMARKS)), e.benchmark,
+            langs.index(e.lang) if e.lang in langs else len(langs), e.lang, e.index)
+  return sorted(examples, key=key)
+
+
+def sample(examples: Iterable[EvalExample], limit: int | None, seed: int = 0) -> list[EvalExample]:
+  """Keeps at most `limit` examples per (benchmark, language), deterministically.
+
+  An example's rank is a keyed hash of (seed, benchmark, index), not of its language or its
+  position in the input: the same seed keeps the same indices in every language (parallel
+  items stay parallel), in any input order, and a larger limit keeps a superset.
+
+  Returns:
+    The kept examples in the stable order: benchmark (paper order), language (paper order),
+    index.
+  """
+  examples = list(examples)
+  if limit is None:
+    return _order(examples)
+  if limit < 1:
+    raise ValueError(f"limit must be positive or None, got {limit}")
+  groups = collections.defaultdict(list)
+  for e in examples:
+    groups[(e.benchmark, e.lang)].append(e)
+  kept = []
+  for group in groups.values():
+    kept.extend(sorted(group, key=lambda e: _sample_key(seed, e.benchmark, e.index))[:limit])
+  return _order(kept)
+
+
+# ---------------------------------------------------------------------------------------------
+# Local files
+
+
+def _benchmark_dir(root: pathlib.Path, benchmark: str) -> pathlib.Path:
+  if (root / benchmark).is_dir():
+    return root / benchmark
+  if root.is_dir():
+    matches = [p for p in sorted(root.iterdir()) if p.is_dir()
+               and _ALIASES.get(re.sub(r"[\s_-]", "", p.name.lower())) == benchmark]
+    if len(matches) == 1:
+      return matches[0]
+    if matches:
+      raise FileNotFoundError(f"{root}: several directories for {benchmark}: "
+                              f"{', '.join(p.name for p in matches)}")
+  raise FileNotFoundError(f"{root}: no directory for benchmark {benchmark} "
+                          f"(expected {root / benchmark})")
+
+
+def _language_files(bdir: pathlib.Path, lang: str) -> tuple[pathlib.Path, pathlib.Path]:
+  for inst_pattern, ans_pattern in LAYOUTS:
+    inst = bdir / inst_pattern.format(lang=lang)
+    if inst.is_file():
+      ans = bdir / ans_pattern.format(lang=lang)
+      if not ans.is_file():
+        raise FileNotFoundError(f"{ans}: missing answer file for {inst}")
+      return inst, ans
+  tried = ", ".join(str(bdir / p.format(lang=lang)) for p, _ in LAYOUTS)
+  raise FileNotFoundError(f"{bdir}: no instruction file for {lang!r} (tried {tried})")
+
+
+def available_languages(root: str | os.PathLike, benchmark: str) -> tuple[str, ...]:
+  """The paper's languages of `benchmark` that have an instruction file under `root`."""
+  benchmark = canonical_benchmark(benchmark)
+  bdir = _benchmark_dir(pathlib.Path(root), benchmark)
+  return tuple(lang for lang in LANGUAGES[benchmark]
+               if any((bdir / p.format(lang=lang)).is_file() for p, _ in LAYOUTS))
+
+
+def _read_json_lines(path: pathlib.Path) -> list[tuple[int, Any]]:
+  """(line number, decoded value) for each line; blank lines only at the end."""
+  lines = path.read_bytes().split(b"\n")
+  while lines and not lines[-1].strip():
+    lines.pop()
+  out = []
+  for lineno, raw in enumerate(lines, start=1):
+    where = f"{path}:line {lineno}"
+    try:
+      text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+      raise BenchmarkDataError(f"{where}: not valid UTF-8 ({e.reason} at byte {e.start})") from e
+    if lineno == 1:
+      text = text.lstrip("\ufeff")  # a byte-order mark some editors write
+    if not text.strip():
+      raise BenchmarkDataError(f"{where}: blank line (lines must pair up with the other file)")
+    try:
+      out.append((lineno, json.loads(text)))
+    except json.JSONDecodeError as e:
+      raise BenchmarkDataError(f"{where}: invalid JSON ({e.msg}, column {e.colno})") from e
+  return out
+
+
+def _string_tuple(value: Any, where: str, what: str) -> tuple[str, ...]:
+  if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+    raise BenchmarkDataError(f"{where}: {what} must be a list of non-empty strings")
+  return tuple(value)
+
+
+def _local_example(benchmark: str, lang: str, index: int, inst: Any, answer: Any,
+                   inst_where: str, ans_where: str) -> EvalExample:
+  if not isinstance(inst, dict):
+    raise BenchmarkDataError(f"{inst_where}: expected an object, got a {type(inst).__name__}")
+  prompt = inst.get("instruction")
+  if not isinstance(prompt, str) or not prompt.strip():
+    raise BenchmarkDataError(f"{inst_where}: field 'instruction' must be a non-empty string")
+  kind = KIND[benchmark]
+  if benchmark == "MKQA":
+    gold = [answer] if isinstance(answer, str) else answer
+    gold = _string_tuple(gold, ans_where, "an MKQA answer")
+    if not gold:
+      raise BenchmarkDataError(f"{ans_where}: empty list of answers")
+    return EvalExample(benchmark, lang, index, prompt, gold, kind)
+  if not isinstance(answer, str) or not answer.strip():
+    raise BenchmarkDataError(f"{ans_where}: expected a non-empty string, got {answer!r}")
+  if kind != "choice":
+    return EvalExample(benchmark, lang, index, prompt, answer, kind)
+  labels = OPTION_LABELS[benchmark]
+  if "option_labels" in inst:
+    labels = _string_tuple(inst["option_labels"], inst_where, "option_labels")
+  if "options" in inst:
+    options = _string_tuple(inst["options"], inst_where, "options")
+    if len(options) != len(labels):
+      raise BenchmarkDataError(f"{inst_where}: {len(options)} options for labels {labels}")
+  else:
+    options = parse_options(prompt, labels)
+  gold = _choice_label(answer, labels)
+  if gold is None:
+    raise BenchmarkDataError(f"{ans_where}: answer {answer!r} is not one of the labels "
+                             f"{', '.join(labels)}")
+  return EvalExample(benchmark, lang, index, prompt, gold, kind, options, labels)
+
+
+def load_local(root: str | os.PathLike, benchmark: str, langs: Sequence[str] | None = None, *,
+               limit: int | None = None, seed: int = 0) -> list[EvalExample]:
+  """Reads one benchmark from local files (layout: module docstring).
+
+  Args:
+    root: directory holding one directory per benchmark.
+    benchmark: benchmark name (any spelling `canonical_benchmark` accepts).
+    langs: languages to read; each must be in the paper's set and have files. None: all the
+      paper's languages (every one must have files; see `available_languages`).
+    limit: at most this many examples per language, chosen by `sample` with `seed`.
+    seed: sampling seed.
+
+  Returns:
+    Examples in the order of `langs`, then index.
+
+  Raises:
+    FileNotFoundError: a missing directory or file, named.
+    BenchmarkDataError: a bad line (file:line in the message), or files of unequal length.
+    ValueError: an unknown benchmark or language.
+  """
+  benchmark = canonical_benchmark(benchmark)
+  langs = LANGUAGES[benchmark] if langs is None else tuple(langs)
+  for lang in langs:
+    check_language(benchmark, lang)
+  bdir = _benchmark_dir(pathlib.Path(root), benchmark)
+  examples = []
+  for lang in langs:
+    inst_path, ans_path = _language_files(bdir, lang)
+    insts, answers = _read_json_lines(inst_path), _read_json_lines(ans_path)
+    if len(insts) != len(answers):
+      raise BenchmarkDataError(f"{inst_path} has {len(insts)} lines but {ans_path} has "
+                               f"{len(answers)}; they must pair up line by line")
+    lang_examples = [
+        _local_example(benchmark, lang, i, inst, answer, f"{inst_path}:line {li}",
+                       f"{ans_path}:line {la}")
+        for i, ((li, inst), (la, answer)) in enumerate(zip(insts, answers))]
+    examples.extend(sample(lang_examples, limit, seed))
+  return examples
+
+
+def _write_atomic(path: pathlib.Path, data: bytes) -> None:
+  # A temporary file in the target directory, then a rename: readers never see half a file.
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    pathlib.Path(tmp).unlink(missing_ok=True)
+    raise
+
+
+def write_local(root: str | os.PathLike, examples: Iterable[EvalExample]) -> list[pathlib.Path]:
+  """Writes examples as a local benchmark directory in cc_jax's layout (`<lang>.jsonl` +
+  `<lang>.answers.jsonl`), one file pair per (benchmark, language), replacing existing pairs.
+
+  Lines are written in index order, so after a round trip an example's index is its line
+  number: a sampled subset comes back renumbered 0..n-1. Choice examples store their options
+  and labels next to the instruction, so they load back unchanged even if unparseable.
+
+  Returns:
+    The paths written.
+  """
+  groups = collections.defaultdict(list)
+  for e in examples:
+    benchmark = canonical_benchmark(e.benchmark)
+    if benchmark != e.benchmark:
+      raise ValueError(f"example has benchmark {e.benchmark!r}; use {benchmark!r}")
+    check_language(benchmark, e.lang)
+    if e.kind != KIND[benchmark]:
+      raise ValueError(f"{benchmark} examples have kind {KIND[benchmark]!r}, got {e.kind!r}")
+    if isinstance(e.gold, tuple) != (benchmark == "MKQA"):
+      raise ValueError(f"{benchmark}/{e.lang} index {e.index}: gold must be "
+                       f"{'a tuple' if benchmark == 'MKQA' else 'a string'}")
+    groups[(benchmark, e.lang)].append(e)
+  root = pathlib.Path(root)
+  written = []
+  for (benchmark, lang), group in sorted(groups.items()):
+    group.sort(key=lambda e: e.index)
+    for a, b in zip(group, group[1:]):
+      if a.index == b.index:
+        raise ValueError(f"{benchmark}/{lang}: two examples with index {a.index}")
+    inst_lines, ans_lines = [], []
+    for e in group:
+      inst = {"instruction": e.prompt}
+      if e.options is not None:
+        inst["options"] = list(e.options)
+      if e.option_labels is not None:
+        inst["option_labels"] = list(e.option_labels)
+      inst_lines.append(json.dumps(inst, ensure_ascii=False))
+      gold = list(e.gold) if isinstance(e.gold, tuple) else e.gold
+      ans_lines.append(json.dumps(gold, ensure_ascii=False))
+    inst_pattern, ans_pattern = LAYOUTS[0]
+    for pattern, lines in ((inst_pattern, inst_lines), (ans_pattern, ans_lines)):
+      path = root / benchmark / pattern.format(lang=lang)
+      _write_atomic(path, ("\n".join(lines) + "\n").encode("utf-8"))
+      written.append(path)
+  return written
+
+
+# ---------------------------------------------------------------------------------------------
+# Hugging Face datasets
+
+
+def load_hub(benchmark: str, langs: Sequence[str] | None = None, *, limit: int | None = None,
+             seed: int = 0, cache_dir: str | None = None,
+             revision: str | None = None) -> list[EvalExample]:
+  """Reads one benchmark through `datasets.load_dataset` (needs the hub or a warm cache).
+
+  Sources are given by `hub_source`; rows are mapped by `example_from_row`, and an example's
+  index is its row in the split. Some of these datasets are script-based on the hub, which
+  recent `datasets` versions refuse; `revision="refs/convert/parquet"` reads the hub's
+  parquet conversion instead.
+
+  Args:
+    benchmark: benchmark name.
+    langs: languages (each in the paper's set); None for all ten.
+    limit: at most this many examples per language (`sample`).
+    seed: sampling seed.
+    cache_dir: `datasets` cache directory.
+    revision: dataset revision.
+
+  Returns:
+    Examples in the order of `langs`, then index.
+  """
+  import datasets  # pylint: disable=g-import-not-at-top (only this path needs it)
+  benchmark = canonical_benchmark(benchmark)
+  langs = LANGUAGES[benchmark] if langs is None else tuple(langs)
+  examples = []
+  for lang in langs:
+    path, config, split = hub_source(benchmark, lang)
+    rows = datasets.load_dataset(path, config, split=split, cache_dir=cache_dir,
+                                 revision=revision)
+    mapped = (example_from_row(benchmark, lang, i, row) for i, row in enumerate(rows))
+    examples.extend(sample([e for e in mapped if e is not None], limit, seed))
+  return examples
+
+
+def load(source: str | os.PathLike, benchmarks: Sequence[str] | None = None,
+         langs: Mapping[str, Sequence[str]] | None = None, *, limit: int | None = None,
+         seed: int = 0) -> list[EvalExample]:
+  """Reads several benchmarks from `source`: "hub", or a local root directory.
+
+  Args:
+    source: "hub" for `load_hub`, else a directory for `load_local`.
+    benchmarks: names; None for all six.
+    langs: benchmark -> languages; a benchmark not in it gets all its paper languages.
+    limit: at most this many examples per (benchmark, language).
+    seed: sampling seed.
+
+  Returns:
+    Examples in benchmark order (as given), then language, then index.
+  """
+  names = [canonical_benchmark(b) for b in (benchmarks or BENCHMARKS)]
+  chosen = {canonical_benchmark(b): tuple(v) for b, v in (langs or {}).items()}
+  examples = []
+  for name in names:
+    if str(source) == "hub":
+      examples.extend(load_hub(name, chosen.get(name), limit=limit, seed=seed))
+    else:
+      examples.extend(load_local(source, name, chosen.get(name), limit=limit, seed=seed))
+  return examples
