@@ -486,6 +486,8 @@ def load_local(root: str | os.PathLike, benchmark: str, langs: Sequence[str] | N
   langs = LANGUAGES[benchmark] if langs is None else tuple(langs)
   for lang in langs:
     check_language(benchmark, lang)
+  if len(set(langs)) != len(langs):
+    raise ValueError(f"{benchmark}: a language is listed twice in {langs}")
   bdir = _benchmark_dir(pathlib.Path(root), benchmark)
   examples = []
   for lang in langs:

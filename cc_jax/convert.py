@@ -418,28 +418,9 @@ def gguf_to_cc_jax(gguf_path, out_dir, dtype: str = "float32", overwrite: bool =
                         overwrite=overwrite)
 
 
-def end_of_turn_token(tokenizer) -> str | None:
-  """The token the chat template closes an assistant turn with (e.g. <|im_end|>, <|eot_id|>).
-
-  Found by rendering a one-turn conversation and taking the first special token after the
-  reply, so it is template independent.
-  """
-  if not getattr(tokenizer, "chat_template", None):
-    return tokenizer.eos_token
-  sentinel = "SENTINEL-reply-7f3a"
-  text = tokenizer.apply_chat_template(
-      [{"role": "user", "content": "hi"}, {"role": "assistant", "content": sentinel}], tokenize=False)
-  tail = text[text.index(sentinel) + len(sentinel):]
-  special = set(tokenizer.all_special_tokens) | {t.content for t in tokenizer.added_tokens_decoder.values()}
-  for token_id in tokenizer(tail, add_special_tokens=False)["input_ids"]:
-    token = tokenizer.convert_ids_to_tokens(token_id)
-    if token in special:
-      return token
-  return tokenizer.eos_token
-
-
 def cc_jax_to_hf(model_dir, out_dir, dtype: str | None = None, params: Mapping | None = None,
-                 shard_bytes: int = 5 << 30, overwrite: bool = False) -> pathlib.Path:
+                 chat_template: str | None = None, shard_bytes: int = 5 << 30,
+                 overwrite: bool = False) -> pathlib.Path:
   """Exports a cc_jax model directory as a transformers model directory.
 
   Args:
@@ -449,19 +430,38 @@ def cc_jax_to_hf(model_dir, out_dir, dtype: str | None = None, params: Mapping |
     dtype: tensor dtype to write; default: the dtype of the original HF checkpoint.
     params: parameters to write instead of the directory's (e.g. a trained state), possibly
       with a `source_select` Decision Maker.
+    chat_template: the template the model was trained with, when not the tokenizer's own
+      (a name from cc_jax.data.TEMPLATES or Jinja text); written into the tokenizer.
     shard_bytes: maximum size of one safetensors shard.
   """
   meta = read_model_meta(model_dir)
-  cfg = _config_from_json(meta["model"])
-  hf_config = dict(meta["hf_config"])
   dtype = dtype or (meta.get("source_dtype") if meta.get("source_dtype") in DTYPES else None) or "float32"
-  params = params if params is not None else load_params(model_dir)
   tokenizer = None
   tok_dir = pathlib.Path(model_dir) / "tokenizer"
   if tok_dir.exists():
     import transformers
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(tok_dir))
-  eot = end_of_turn_token(tokenizer) if tokenizer is not None else None
+  return export_hf(_config_from_json(meta["model"]), params if params is not None else load_params(model_dir),
+                   out_dir, hf_config=meta["hf_config"], tokenizer=tokenizer, dtype=dtype,
+                   chat_template=chat_template, shard_bytes=shard_bytes, overwrite=overwrite)
+
+
+def export_hf(cfg: LlamaConfig, params: Mapping, out_dir, *, hf_config: dict | None = None, tokenizer=None,
+              dtype: str = "float32", chat_template: str | None = None, shard_bytes: int = 5 << 30,
+              overwrite: bool = False) -> pathlib.Path:
+  """Writes params (and the tokenizer, if given) as a transformers model directory.
+
+  The generation config and tokenizer name the chat template's end-of-turn token as EOS, so
+  the exported model stops where the trained one does.
+  """
+  hf_config = dict(hf_config or cfg.to_hf())
+  eot = None
+  if tokenizer is not None:
+    from cc_jax import data
+    fmt = data.chat_format(tokenizer, data.TokenizeOptions(chat_template=chat_template))
+    if fmt.template is not None:
+      tokenizer.chat_template = fmt.template
+    eot = tokenizer.convert_ids_to_tokens(fmt.end_ids[0])
 
   with atomic_dir(pathlib.Path(out_dir), overwrite) as tmp:
     hf_config.pop("torch_dtype", None)

@@ -3,14 +3,15 @@ option extraction and accuracy (XNLI, XStoryCloze, MMMLU), answer accuracy / EM 
 (XQuAD, MKQA), ROUGE-L (XLSum), and per-language aggregation. Standard library only.
 
 Scores are fractions in [0, 1]; the paper reports them times 100. Every function takes
-the decoded generation (special tokens already stripped) and is deterministic.
+the decoded generation (special tokens already stripped) and is deterministic. Record
+keys match `benchmarks.PRIMARY_METRIC` ("accuracy", "rougeL").
 
 Text handling shared by all metrics:
   * Unicode NFKC, then `casefold` (Greek final sigma, German ß), and Turkish "İ" folds to
     "i" (casefold alone leaves a combining dot). Format characters (Cf: zero-width
     joiners, BOM) are removed, and so are Arabic short-vowel marks and tatweel, which
-    writers use optionally ("مِصْرُ" = "مصر"). Decimal digits of every script (Arabic-Indic, Devanagari,
-    Thai, ...) read as ASCII digits.
+    writers use optionally ("مِصْرُ" = "مصر"). Decimal digits of every script
+    (Arabic-Indic, Devanagari, Thai, ...) read as ASCII digits.
   * Scripts written without spaces (Han, Hiragana, Katakana, Bopomofo, Thai, Lao, Khmer,
     Myanmar) are segmented into characters, each with its trailing combining marks (Thai
     "ที่" is one token). The decision is per character, by Unicode block, so no language
@@ -20,21 +21,12 @@ Text handling shared by all metrics:
 from __future__ import annotations
 
 import collections
+import dataclasses
 import math
 import re
 import string
 import unicodedata
 from typing import Any, Iterable, Literal, Mapping, Sequence
-
-# The metric each benchmark's table in the paper reports (keys of the score_* dicts).
-PRIMARY_METRIC = {
-    "xnli": "accuracy",
-    "xstorycloze": "accuracy",
-    "mmmlu": "accuracy",
-    "xquad": "accuracy",
-    "mkqa": "accuracy",
-    "xlsum": "rougeL",
-}
 
 # Code point ranges of scripts written without spaces between words.
 _UNSPACED_RANGES = (
@@ -331,13 +323,15 @@ def _glued(ch: str) -> bool:
   return ch.isdigit() or (ch.isalpha() and unicodedata.name(ch, "").startswith("LATIN"))
 
 
+@dataclasses.dataclass(frozen=True)
 class _Marker:
-  """One candidate option marker found in an output."""
-
-  def __init__(self, start: int, end: int, index: int, bracketed: bool, line_start: bool,
-               lowercase: bool):
-    self.start, self.end, self.index = start, end, index
-    self.bracketed, self.line_start, self.lowercase = bracketed, line_start, lowercase
+  """One candidate option marker found in an output (character span and option)."""
+  start: int
+  end: int
+  index: int  # 0-based option
+  bracketed: bool  # "(2)", "[B]", "B)"
+  line_start: bool  # only whitespace, bullets or markdown before it on its line
+  lowercase: bool  # an unbracketed lowercase letter: trusted after a keyword only
 
 
 def _find_markers(text: str, num_options: int, letters: bool) -> list[_Marker]:
@@ -373,7 +367,7 @@ def _find_markers(text: str, num_options: int, letters: bool) -> list[_Marker]:
     if letters and value == "A" and not bracketed:
       head = text[:start].rstrip()
       sentence_start = not head or head[-1] in _SENTENCE_END
-      if sentence_start and re.match(r"\s+[^\W\d_]", following) and following.lstrip()[0].islower():
+      if sentence_start and following[:1].isspace() and following.lstrip()[:1].islower():
         continue  # "A man is walking."
     line_start = all(ch in _LINE_PREFIX for ch in text[:start].rsplit("\n", 1)[-1])
     found.append(_Marker(start, end, index, bracketed, line_start, lowercase))

@@ -102,6 +102,8 @@ def _coerce(records: Iterable[ScoredPrediction | Mapping[str, Any]]) -> list[Sco
     if key in seen:
       raise ValueError(f"{where}: two predictions for the same example")
     seen.add(key)
+    if not isinstance(r.prediction, str) or not isinstance(r.prompt, str):
+      raise ValueError(f"{where}: prompt and prediction must be strings")
     if not r.scores:
       raise ValueError(f"{where}: no scores")
     scores = {}
@@ -278,7 +280,7 @@ def plot_results(results: Sequence[Mapping[str, Any]], methods: Sequence[str] | 
   ax.set_ylabel("score (%)")
   ax.set_ylim(0, 105)
   ax.set_title(title)
-  ax.legend(fontsize=8, loc="upper right")
+  ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # clear of the bars
   fig.tight_layout()
   buf = io.BytesIO()
   fig.savefig(buf, format="png")

@@ -151,3 +151,14 @@ def load_trained(workdir, step: int | None = None, mesh: jax.sharding.Mesh | Non
     params, step = ckpt.restore_params(target, step)
   return TrainedModel(train_config, model, params, load_tokenizer(train_config),
                       str(workdir / "checkpoints" / str(step)))
+
+
+def export_run(workdir, out_dir, step: int | None = None, dtype: str | None = None) -> pathlib.Path:
+  """Exports a trained run (its checkpoint's params, with the Decision Maker) to transformers."""
+  trained = load_trained(workdir, step)
+  base = model_dir(trained.train_config)
+  hf_config = convert.read_model_meta(base)["hf_config"] if base else None
+  dtype = dtype or (convert.read_model_meta(base).get("source_dtype") if base else None)
+  return convert.export_hf(trained.model.cfg, jax.device_get(trained.params), out_dir, hf_config=hf_config,
+                           tokenizer=trained.tokenizer, dtype=dtype if dtype in convert.DTYPES else "float32",
+                           chat_template=trained.train_config.data.chat_template or None)

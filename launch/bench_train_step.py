@@ -146,7 +146,9 @@ class JaxVariant:
     model = Llama(cfg)
     step_cfg = train.StepConfig(method="sft" if name == "sft" else "cc",
                                 connection=connection.ConnectionConfig(stop_english_grad=name == "cc_stop"))
-    tx, schedule = optim.make_optimizer(optim.OptimConfig(), total_steps=1000)
+    # Plain AdamW at a constant 1e-5, as the PyTorch reference steps (no warmup, no clipping).
+    tx, schedule = optim.make_optimizer(
+        optim.OptimConfig(schedule="constant", warmup_ratio=0.0, grad_clip_norm=0.0), total_steps=1000)
     own_params = jax.tree.map(lambda x: jnp.array(x, copy=True), params)  # donated: one copy each
     # init_train_state boxes the Decision Maker with its logical axes; a mesh-less jit wants plain arrays.
     self.state = nn.unbox(train.init_train_state(jax.random.key(0), own_params, model=model, tx=tx,

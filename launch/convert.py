@@ -8,6 +8,8 @@
   python launch/convert.py --from=smollm2 --out=/ckpt/smollm2
   # cc_jax -> Hugging Face (config.json, generation_config.json, safetensors, tokenizer)
   python launch/convert.py --from=cc_jax --src=/ckpt/llama3_8b --out=/export/llama3_8b
+  # a trained run (latest checkpoint, with its Decision Maker) -> Hugging Face
+  python launch/convert.py --from=run --src=/runs/llama3_8b_cc --out=/export/llama3_8b_cc
 """
 
 import pathlib
@@ -17,17 +19,18 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # run from
 
 from absl import app, flags  # noqa: E402
 
-from cc_jax import convert, smollm2  # noqa: E402
+from cc_jax import convert, runtime, smollm2  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("from", None, ["hf", "gguf", "smollm2", "cc_jax"], "Source format.", required=True)
-flags.DEFINE_string("src", None, "Source: HF model directory, .gguf file, or cc_jax model directory.")
+flags.DEFINE_enum("from", None, ["hf", "gguf", "smollm2", "cc_jax", "run"], "Source format.", required=True)
+flags.DEFINE_string("src", None, "Source: HF model directory, .gguf file, cc_jax model directory, or training workdir.")
 flags.DEFINE_string("out", None, "Output directory; must not exist.", required=True)
 flags.DEFINE_enum("dtype", None, sorted(convert.DTYPES),
                   "Tensor dtype to write. Default: the source checkpoint's dtype (float32 for GGUF).")
 flags.DEFINE_bool("allow_pickle", False,
                   "Also read pytorch_model.bin pickles (they can run code; only for trusted files).")
 flags.DEFINE_float("shard_size_gb", 5.0, "Largest safetensors shard written by --from=cc_jax.")
+flags.DEFINE_integer("step", None, "With --from=run: the checkpoint step (default: the latest).")
 
 
 def main(argv):
@@ -41,6 +44,8 @@ def main(argv):
     out = convert.gguf_to_cc_jax(FLAGS.src, FLAGS.out, dtype=FLAGS.dtype or "float32")
   elif source == "smollm2":
     out = convert.gguf_to_cc_jax(smollm2.fetch_gguf(), FLAGS.out, dtype=FLAGS.dtype or "float32")
+  elif source == "run":
+    out = runtime.export_run(FLAGS.src, FLAGS.out, step=FLAGS.step, dtype=FLAGS.dtype)
   else:
     out = convert.cc_jax_to_hf(FLAGS.src, FLAGS.out, dtype=FLAGS.dtype,
                                shard_bytes=int(FLAGS.shard_size_gb * (1 << 30)))

@@ -82,6 +82,28 @@ def test_loss_falls_on_the_demo_data(tmp_path, method):
     assert sum(first["selected_layers"]) == 8  # every real example picked one of the 2 layers
     assert 0 < first["decision_entropy"] <= np.log(2) + 1e-6
   assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+  check_export(tmp_path, method)
+
+
+def check_export(workdir, method):
+  """The trained run exports to transformers: same logits, Decision Maker as source_select."""
+  import torch
+  import transformers
+  from safetensors import safe_open
+
+  from cc_jax import convert, runtime
+  out = runtime.export_run(workdir, workdir / "hf")
+  with safe_open(str(out / "model.safetensors"), framework="numpy") as f:
+    assert (convert.SOURCE_SELECT in f.keys()) == (method == "cc")
+  hf_model = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+  trained = runtime.load_trained(workdir)
+  tokens = np.arange(1, 9, dtype=np.int32)[None] * 37
+  ours = trained.model.apply({"params": train.model_params(trained.params)}, tokens, np.arange(8)[None],
+                             np.ones_like(tokens)).logits_BTV
+  with torch.no_grad():
+    theirs = hf_model(torch.tensor(tokens, dtype=torch.long)).logits.numpy()
+  np.testing.assert_allclose(np.asarray(ours), theirs, atol=1e-4, rtol=0)
+  assert transformers.AutoTokenizer.from_pretrained(out).eos_token == "<|im_end|>"
 
 
 def test_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
