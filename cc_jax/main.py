@@ -37,6 +37,33 @@ def generate(config) -> None:
   print(tokenizer.decode(reply, skip_special_tokens=True))
 
 
+def fit_matrix(config, workdir) -> None:
+  from cc_jax import transform
+  m = config.matrix
+  meta = transform.fit_for_run(
+      workdir, num_samples=m.num_samples, seed=m.seed, batch_size=m.batch_size, step=m.step or None,
+      options=transform.SolveOptions(ridge=m.ridge, per_layer=m.per_layer, streaming=m.streaming),
+      data_source=m.data_source or None, progress=config.log.progress_bar)
+  print(f"Transform Matrix from {meta['num_samples']} pairs of {meta['checkpoint']}: "
+        f"MSE {meta['mse']:.4g}, R^2 {meta['r2']:.4f}; written to {workdir}/matrix")
+
+
+def evaluate(config, workdir) -> None:
+  import pathlib
+
+  from cc_jax import evaluate as ev
+  e = config.eval
+  if not e.source:
+    raise app.UsageError("task=eval needs config.eval.source: a local benchmark directory or 'hub'")
+  options = ev.EvalOptions(
+      source=e.source, benchmarks=tuple(e.benchmarks), languages=tuple(e.languages), limit=e.limit, seed=e.seed,
+      modes=tuple(e.modes), batch_size=e.batch_size, max_new_tokens=e.max_new_tokens,
+      max_prompt_len=e.max_prompt_len, stop_strings=tuple(e.stop_strings), label=e.label)
+  out_dir = pathlib.Path(e.out_dir or pathlib.Path(workdir) / "eval")
+  records = ev.evaluate_run(workdir, options, out_dir, step=e.step or None, progress=config.log.progress_bar)
+  print(f"{len(records)} predictions scored; table in {out_dir / 'results.md'}, chart in {out_dir / 'results.png'}")
+
+
 def _quiet_orbax() -> None:
   """Orbax logs every file operation at INFO; keep its warnings, drop the chatter."""
   import logging as std_logging
@@ -60,17 +87,19 @@ def main(argv):
     summary = loop.train_loop(config, workdir)
     print(f"{summary['status']} at step {summary['step']}; loss {summary['metrics'].get('loss', float('nan')):.4f}; "
           f"checkpoints in {summary['workdir']}/checkpoints")
-  elif config.task == "matrix":
-    from cc_jax import transform
+  elif config.task in ("matrix", "eval", "pipeline"):
     if not workdir:
-      raise app.UsageError("task=matrix needs --workdir: the training run whose matrix to fit")
-    m = config.matrix
-    meta = transform.fit_for_run(
-        workdir, num_samples=m.num_samples, seed=m.seed, batch_size=m.batch_size, step=m.step or None,
-        options=transform.SolveOptions(ridge=m.ridge, per_layer=m.per_layer, streaming=m.streaming),
-        data_source=m.data_source or None, progress=config.log.progress_bar)
-    print(f"Transform Matrix from {meta['num_samples']} pairs of {meta['checkpoint']}: "
-          f"MSE {meta['mse']:.4g}, R^2 {meta['r2']:.4f}; written to {workdir}/matrix")
+      raise app.UsageError(f"task={config.task} needs --workdir: the training run")
+    if config.task == "pipeline":
+      from cc_jax import loop
+      summary = loop.train_loop(config, workdir)
+      if summary["status"] != "completed":
+        print(f"training {summary['status']} at step {summary['step']}; rerun to resume")
+        return
+    if config.task != "eval" and config.cc.method == "cc":
+      fit_matrix(config, workdir)
+    if config.task != "matrix":
+      evaluate(config, workdir)
   elif config.task == "generate":
     generate(config)
   else:

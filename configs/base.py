@@ -120,6 +120,21 @@ def get_config() -> config_dict.ConfigDict:
   c.matrix.step = 0  # checkpoint step to use; 0 = latest
   c.matrix.data_source = ""  # "" = the run's training data
 
+  c.eval = config_dict.ConfigDict()  # task=eval: the six benchmarks (REFERENCE.md §5)
+  c.eval.source = ""  # a local benchmark root (see cc_jax/benchmarks.py for the layout), or "hub"
+  c.eval.benchmarks = ("XNLI", "XStoryCloze", "MMMLU", "XQuAD", "MKQA", "XLSum")
+  c.eval.languages = ()  # () = every paper language present; else a subset, e.g. ("zh", "sw")
+  c.eval.limit = 0  # examples per (benchmark, language), seeded sample; 0 = all (paper: ~1000)
+  c.eval.seed = 0
+  c.eval.modes = ("matrix",)  # cc runs: any of plain, matrix, identity, oracle; sft runs: plain
+  c.eval.batch_size = 16
+  c.eval.max_new_tokens = 40  # the paper's
+  c.eval.max_prompt_len = 1024  # longer prompts keep their head and the generation prompt
+  c.eval.stop_strings = ()
+  c.eval.label = ""  # method name in the tables; "" = the run's method and mode
+  c.eval.out_dir = ""  # "" = <workdir>/eval
+  c.eval.step = 0  # checkpoint step; 0 = latest
+
   c.generate = config_dict.ConfigDict()  # task=generate
   c.generate.prompt = "Translate to French: The cat sleeps on the sofa."
   c.generate.max_new_tokens = 40  # the paper's evaluation length
