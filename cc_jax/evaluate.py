@@ -142,6 +142,15 @@ def evaluate_run(workdir, options: EvalOptions, out_dir=None, step: int | None =
   """Evaluates a training run on the benchmarks and writes the report into `out_dir`
   (default `<workdir>/eval`). Returns the scored predictions."""
   trained = runtime.load_trained(workdir, step)
+  records = evaluate_examples(trained, load_examples(options), options, workdir, progress)
+  report.write_report(out_dir or pathlib.Path(workdir) / "eval", records)
+  return records
+
+
+def evaluate_examples(trained: runtime.TrainedModel, examples: Sequence[EvalExample], options: EvalOptions,
+                      workdir=None, progress: bool = True) -> list[report.ScoredPrediction]:
+  """Generates and scores `examples` with every mode of `options` (a cc run's matrix is read
+  from `<workdir>/matrix` and must belong to the same checkpoint)."""
   method = trained.train_config.cc.method
   modes = ("plain",) if method == "sft" else options.modes
   matrix = None
@@ -149,7 +158,6 @@ def evaluate_run(workdir, options: EvalOptions, out_dir=None, step: int | None =
     cfg = trained.model.cfg
     matrix, _ = transform.load(pathlib.Path(workdir) / "matrix", num_layers=cfg.num_layers,
                                hidden_size=cfg.hidden_size, checkpoint=trained.checkpoint)
-  examples = load_examples(options)
   generator = Generator(trained, options, matrix)
   english = {(e.benchmark, e.index): e for e in examples if e.lang == "en"}
   records = []
@@ -174,5 +182,4 @@ def evaluate_run(workdir, options: EvalOptions, out_dir=None, step: int | None =
           continue
         records.append(report.ScoredPrediction(bench, example.lang, label, example.index, example.prompt,
                                                prediction, example.gold, scores))
-  report.write_report(out_dir or pathlib.Path(workdir) / "eval", records)
   return records

@@ -102,8 +102,11 @@ def main(argv):
       evaluate(config, workdir)
   elif config.task == "generate":
     generate(config)
+  elif config.task == "demo":
+    from cc_jax import demo
+    demo.run_demo(config, workdir or "cc_jax_demo")
   else:
-    raise app.UsageError(f"config.task={config.task!r}; expected train, matrix, eval, pipeline or generate")
+    raise app.UsageError(f"config.task={config.task!r}; expected train, matrix, eval, pipeline, generate or demo")
 
 
 if __name__ == "__main__":

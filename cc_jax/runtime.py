@@ -63,7 +63,8 @@ def model_config(config: ConfigDict) -> LlamaConfig:
   if directory is None:
     head_dim = arch.head_dim or arch.hidden_size // arch.num_heads
     fields = {f.name for f in dataclasses.fields(LlamaConfig)}
-    values = {k: v for k, v in arch.to_dict().items() if k in fields}
+    # Zero means "the LlamaConfig default" (the same keys are left unchecked for converted models).
+    values = {k: v for k, v in arch.to_dict().items() if k in fields and (v or isinstance(v, (bool, str)))}
     return LlamaConfig(**{**values, "head_dim": head_dim}, **_run_settings(config))
   cfg = convert.load_config(directory, **_run_settings(config))
   for key, value in arch.to_dict().items():

@@ -9,7 +9,7 @@ from ml_collections import config_dict
 
 def get_config() -> config_dict.ConfigDict:
   c = config_dict.ConfigDict()
-  c.task = "train"  # train | matrix | eval | pipeline | generate
+  c.task = "train"  # train | matrix | eval | pipeline | generate | demo
   c.seed = 0  # seeds init, data order, Gumbel noise
   c.workdir = ""  # where checkpoints, TensorBoard events and outputs go (or --workdir)
 
@@ -37,10 +37,10 @@ def get_config() -> config_dict.ConfigDict:
   c.model.arch.num_heads = 0
   c.model.arch.num_kv_heads = 0  # grouped-query attention when < num_heads
   c.model.arch.head_dim = 0  # 0 = hidden_size // num_heads
-  c.model.arch.rope_theta = 10000.0
-  c.model.arch.rms_norm_eps = 1e-5
+  c.model.arch.rope_theta = 0.0  # 0 = 10000 for a random model
+  c.model.arch.rms_norm_eps = 0.0  # 0 = 1e-5 for a random model
   c.model.arch.tie_word_embeddings = False
-  c.model.arch.max_position_embeddings = 4096
+  c.model.arch.max_position_embeddings = 0  # 0 = 4096 for a random model
 
   c.cc = config_dict.ConfigDict()
   c.cc.method = "cc"  # cc (CC-Tuning) | sft (vanilla: no English pass, no Decision Maker)

@@ -166,25 +166,32 @@ class JaxVariant:
         "temp": stats.temp_size_in_bytes,
         "argument": stats.argument_size_in_bytes,
     }
-    self.times: list[float] = []
+    self.wall, self.cpu = [], []
 
-  def step(self) -> float:
+  def run(self) -> None:
     import jax
-    start = time.perf_counter()
     self.state, metrics = self.compiled(self.state, self.batch, self.rng)
     jax.block_until_ready((self.state, metrics))
     self.loss = float(metrics["loss"])
-    return time.perf_counter() - start
 
 
 def run_interleaved(variants, steps: int, warmup: int) -> None:
-  """Round-robin over the variants (rotating who goes first); keeps the timed steps."""
+  """Round-robin over the variants (rotating who goes first), recording each timed step's
+  wall time and process CPU time (all threads). CPU time is the steadier figure when other
+  processes share the cores: a preempted thread burns none."""
   for round_ in range(warmup + steps):
     k = round_ % len(variants)
     for v in variants[k:] + variants[:k]:
-      seconds = v.step()
+      wall, cpu = time.perf_counter(), time.process_time()
+      v.run()
+      wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
       if round_ >= warmup:
-        v.times.append(seconds)
+        v.wall.append(wall)
+        v.cpu.append(cpu)
+
+
+def median_ms(values) -> float:
+  return statistics.median(values) * 1e3
 
 
 # --- PyTorch reference (the authors' procedure) -------------------------------------------
@@ -226,7 +233,7 @@ class TorchVariant:
 
   def __init__(self, name: str, hf_model, batch):
     import torch
-    self.name, self.model, self.times = name, hf_model, []
+    self.name, self.model, self.wall, self.cpu = name, hf_model, [], []
     self.t = {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
     params = list(hf_model.parameters())
     if name == "cc":
@@ -236,8 +243,7 @@ class TorchVariant:
       params += list(self.source_select.parameters())
     self.optimizer = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.0)
 
-  def step(self) -> float:
-    start = time.perf_counter()
+  def run(self) -> None:
     self.optimizer.zero_grad(set_to_none=True)
     if self.name == "cc":
       loss = torch_cc_loss(self.model, self.source_select, self.t)
@@ -247,7 +253,6 @@ class TorchVariant:
     loss.backward()
     self.optimizer.step()
     self.loss = loss.item()
-    return time.perf_counter() - start
 
 
 # --- Report ------------------------------------------------------------------------------
@@ -283,49 +288,60 @@ def mib(n: float) -> str:
   return f"{n / 2**20:,.0f}"
 
 
+LABELS = {"sft": "sft", "cc": "cc (English grads)", "cc_stop": "cc + stop_english_grad"}
+
+
 def shape_table(shape: dict, jax_variants: dict, torch_variants: dict | None, rss: dict | None) -> str:
   f = floors(shape)
   sft = jax_variants["sft"]
-  t_sft = statistics.median(sft.times)
   lines = [
       f"**Shape {shape['name']}**: batch {shape['batch']}, prompt {shape['prompt']} + response "
       f"{shape['response']}, English prompt {shape['english']}; T_full = {shape['t_full']}, "
       f"T_en = {shape['t_en']}, T_en/T_full = {shape['t_en'] / shape['t_full']:.3f}.",
       "",
-      "| variant | ms/step (median) | time ratio | peak MiB (XLA) | memory ratio | temp MiB | floor "
-      "| time vs floor | memory vs floor |" + (" peak RSS MiB |" if rss else ""),
-      "|---|---|---|---|---|---|---|---|---|" + ("---|" if rss else ""),
+      "| variant | wall ms/step, median (min) | CPU s/step | ratio: wall / CPU | floor "
+      "| wall vs floor | CPU vs floor | peak MiB (XLA) | temp MiB | memory ratio | memory vs floor |"
+      + (" peak RSS MiB |" if rss else ""),
+      "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if rss else ""),
   ]
   for name in VARIANTS:
     v = jax_variants[name]
-    t = statistics.median(v.times)
-    label = {"sft": "sft", "cc": "cc (English grads)", "cc_stop": "cc + stop_english_grad"}[name]
+    wall, cpu = median_ms(v.wall), median_ms(v.cpu)
+    cells = [LABELS[name], f"{wall:,.0f} ({min(v.wall) * 1e3:,.0f})", f"{cpu / 1e3:.1f}"]
     if name == "sft":
-      cells = [label, f"{t * 1e3:,.0f}", "1", mib(v.memory["peak"]), "1", mib(v.memory["temp"]), "", "", ""]
+      cells += ["1 / 1", "", "", "", mib(v.memory["peak"]), mib(v.memory["temp"]), "1", ""]
     else:
-      tr, mr = t / t_sft, v.memory["peak"] / sft.memory["peak"]
-      cells = [label, f"{t * 1e3:,.0f}", f"{tr:.3f}", mib(v.memory["peak"]), f"{mr:.3f}",
-               mib(v.memory["temp"]), f"{f[name]:.3f}",
-               f"{tr / f[name]:.3f} {verdict(tr, f[name])}", f"{mr / f[name]:.3f} {verdict(mr, f[name])}"]
+      wr, cr = wall / median_ms(sft.wall), cpu / median_ms(sft.cpu)
+      mr = v.memory["peak"] / sft.memory["peak"]
+      fl = f[name]
+      cells += [f"{wr:.3f} / {cr:.3f}", f"{fl:.3f}", f"{wr / fl:.3f} {verdict(wr, fl)}",
+                f"{cr / fl:.3f} {verdict(cr, fl)}", mib(v.memory["peak"]), mib(v.memory["temp"]),
+                f"{mr:.3f}", f"{mr / fl:.3f} {verdict(mr, fl)}"]
     if rss:
       cells.append(mib(rss[name]))
     lines.append("| " + " | ".join(cells) + " |")
   if torch_variants:
-    ts, tc = (statistics.median(torch_variants[k].times) for k in ("sft", "cc"))
-    lines += ["", f"PyTorch reference (authors' procedure, transformers + forward hooks + AdamW, "
-              f"float32): sft {ts * 1e3:,.0f} ms, cc {tc * 1e3:,.0f} ms, **cc/sft = {tc / ts:.3f}** "
-              f"(floor {f['cc']:.3f}); cc_jax cc/sft = "
-              f"{statistics.median(jax_variants['cc'].times) / t_sft:.3f}."]
+    ts, tc = (torch_variants[k] for k in ("sft", "cc"))
+    wr, cr = median_ms(tc.wall) / median_ms(ts.wall), median_ms(tc.cpu) / median_ms(ts.cpu)
+    jr = median_ms(jax_variants["cc"].wall) / median_ms(sft.wall)
+    jc = median_ms(jax_variants["cc"].cpu) / median_ms(sft.cpu)
+    lines += ["", f"PyTorch reference of the authors' procedure (transformers + forward hooks + AdamW, "
+              f"float32): sft {median_ms(ts.wall):,.0f} ms ({min(ts.wall) * 1e3:,.0f}), "
+              f"cc {median_ms(tc.wall):,.0f} ms ({min(tc.wall) * 1e3:,.0f}); "
+              f"**reference cc/sft = {wr:.3f} wall / {cr:.3f} CPU**, against cc_jax's "
+              f"{jr:.3f} wall / {jc:.3f} CPU (floor {f['cc']:.3f})."]
   return "\n".join(lines)
 
 
-def report(shapes, results, total_s: float) -> str:
+def report(shapes, results, total_s: float, load_before, load_after) -> str:
   head = [
       f"Measured {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on {machine()}.",
       f"Model: {FLAGS.model}{' (SmolLM2-135M-Instruct)' if FLAGS.model == 'smollm2' else ''}, "
-      f"compute dtype {FLAGS.dtype}, AdamW; {FLAGS.steps} timed steps per variant after "
-      f"{FLAGS.warmup} warm-up, interleaved; whole run {total_s / 60:.1f} min.",
-      f"Command: `python launch/bench_train_step.py {' '.join(sys.argv[1:])}`".rstrip() + "",
+      f"compute dtype {FLAGS.dtype}, AdamW at a constant 1e-5; {FLAGS.steps} timed steps per "
+      f"variant after {FLAGS.warmup} warm-up, interleaved; whole run {total_s / 60:.1f} min; "
+      f"1-minute load average {load_before:.1f} at the start, {load_after:.1f} at the end "
+      f"(above the core count means other processes shared the CPUs).",
+      f"Command: `{' '.join(['python launch/bench_train_step.py'] + sys.argv[1:])}`",
       "",
   ]
   body = [shape_table(s, *results[s["name"]]) for s in shapes]
@@ -375,7 +391,7 @@ def rss_child(name: str) -> None:
   variant = JaxVariant(name, cfg, params, batch)
   del params
   for _ in range(2):
-    variant.step()
+    variant.run()
   print(f"RSS_MAX_KIB={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}")
 
 
@@ -391,49 +407,53 @@ def measure_rss(shape: dict) -> dict:
 
 
 # --- Main ----------------------------------------------------------------------------------
+def progress(kind: str, v) -> None:
+  print(f"{kind} {v.name}: wall median {median_ms(v.wall):.0f} ms ({', '.join(f'{t * 1e3:.0f}' for t in v.wall)}); "
+        f"CPU median {median_ms(v.cpu):.0f} ms; last loss {v.loss:.4f}", flush=True)
+
+
+def bench_shape(shape: dict, cfg, params, hf_model):
+  """Times and sizes the three cc_jax variants (and the PyTorch reference) at one shape."""
+  import jax
+  f = floors(shape)
+  print(f"\n== {shape['name']}: T_full={shape['t_full']} T_en={shape['t_en']} "
+        f"floor(cc)={f['cc']:.3f} floor(cc_stop)={f['cc_stop']:.3f}", flush=True)
+  batch_np = synthetic_batch(shape, cfg.vocab_size)
+  batch = jax.device_put(batch_np)
+  jax_variants = {}
+  for name in VARIANTS:
+    v = jax_variants[name] = JaxVariant(name, cfg, params, batch)
+    print(f"compiled {name} in {v.compile_s:.1f} s; memory {v.memory}", flush=True)
+  run_interleaved(list(jax_variants.values()), FLAGS.steps, FLAGS.warmup)
+  for v in jax_variants.values():
+    progress("cc_jax", v)
+    del v.state, v.compiled  # free the donated state before the next shape / the reference
+  torch_variants = None
+  if hf_model is not None:
+    torch_variants = {name: TorchVariant(name, hf_model, batch_np) for name in ("sft", "cc")}
+    run_interleaved(list(torch_variants.values()), FLAGS.steps, FLAGS.warmup)
+    for v in torch_variants.values():
+      progress("torch", v)
+      del v.optimizer
+  rss = measure_rss(shape) if FLAGS.rss else None
+  return jax_variants, torch_variants, rss
+
+
 def main(argv):
   del argv
   if FLAGS.rss_child:
     return rss_child(FLAGS.rss_child)
-  start = time.perf_counter()
-  import jax
-  if FLAGS.torch:
-    import torch
-    torch.set_num_threads(FLAGS.threads)
+  start, load_before = time.perf_counter(), os.getloadavg()[0]
   shapes = [parse_shape(s) for s in FLAGS.shapes]
   cfg, params = load_jax_model()
   hf_model = None
   if FLAGS.torch:
+    import torch
+    torch.set_num_threads(FLAGS.threads)
     hf_model = load_torch_model()
     hf_model.train()  # Llama has no dropout; train mode is what fine-tuning runs in
-  results = {}
-  for shape in shapes:
-    f = floors(shape)
-    print(f"\n== {shape['name']}: T_full={shape['t_full']} T_en={shape['t_en']} "
-          f"floor(cc)={f['cc']:.3f} floor(cc_stop)={f['cc_stop']:.3f}", flush=True)
-    batch_np = synthetic_batch(shape, cfg.vocab_size)
-    batch = jax.device_put(batch_np)
-    jax_variants = {}
-    for name in VARIANTS:
-      jax_variants[name] = JaxVariant(name, cfg, params, batch)
-      print(f"compiled {name} in {jax_variants[name].compile_s:.1f} s; "
-            f"memory {jax_variants[name].memory}", flush=True)
-    run_interleaved(list(jax_variants.values()), FLAGS.steps, FLAGS.warmup)
-    for v in jax_variants.values():
-      print(f"cc_jax {v.name}: median {statistics.median(v.times) * 1e3:.0f} ms "
-            f"({', '.join(f'{t * 1e3:.0f}' for t in v.times)}), loss {v.loss:.4f}", flush=True)
-    del jax_variants["sft"].state, jax_variants["cc"].state, jax_variants["cc_stop"].state
-    torch_variants = None
-    if FLAGS.torch:
-      torch_variants = {name: TorchVariant(name, hf_model, batch_np) for name in ("sft", "cc")}
-      run_interleaved(list(torch_variants.values()), FLAGS.steps, FLAGS.warmup)
-      for v in torch_variants.values():
-        print(f"torch {v.name}: median {statistics.median(v.times) * 1e3:.0f} ms "
-              f"({', '.join(f'{t * 1e3:.0f}' for t in v.times)}), loss {v.loss:.4f}", flush=True)
-      del torch_variants["sft"].optimizer, torch_variants["cc"].optimizer
-    rss = measure_rss(shape) if FLAGS.rss else None
-    results[shape["name"]] = (jax_variants, torch_variants, rss)
-  text = report(shapes, results, time.perf_counter() - start)
+  results = {s["name"]: bench_shape(s, cfg, params, hf_model) for s in shapes}
+  text = report(shapes, results, time.perf_counter() - start, load_before, os.getloadavg()[0])
   print("\n" + text)
   if FLAGS.out:
     out = pathlib.Path(FLAGS.out)
