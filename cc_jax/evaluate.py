@@ -17,6 +17,7 @@ import pathlib
 from typing import Sequence
 
 from absl import logging
+import jax
 import numpy as np
 import tqdm
 
@@ -143,7 +144,8 @@ def evaluate_run(workdir, options: EvalOptions, out_dir=None, step: int | None =
   (default `<workdir>/eval`). Returns the scored predictions."""
   trained = runtime.load_trained(workdir, step)
   records = evaluate_examples(trained, load_examples(options), options, workdir, progress)
-  report.write_report(out_dir or pathlib.Path(workdir) / "eval", records)
+  if jax.process_index() == 0:  # every process generated the same predictions; one writes
+    report.write_report(out_dir or pathlib.Path(workdir) / "eval", records)
   return records
 
 

@@ -226,5 +226,6 @@ def fit_for_run(workdir, *, num_samples: int = 1000, seed: int = 0, batch_size: 
   stats = fit_statistics(source_NLD, target_NLD, matrix)
   meta = {"checkpoint": trained.checkpoint, "num_samples": len(picked), "seed": seed, "data": source,
           "options": dataclasses.asdict(options), **stats}
-  save(pathlib.Path(workdir) / "matrix", matrix, meta)
+  if jax.process_index() == 0:  # every process solved the same system; one writes
+    save(pathlib.Path(workdir) / "matrix", matrix, meta)
   return meta

@@ -30,16 +30,16 @@ def get_config() -> config_dict.ConfigDict:
   # config otherwise (so a preset cannot silently train the wrong model). 0 = unchecked.
   c.model.arch = config_dict.ConfigDict()
   c.model.arch.model_type = "llama"  # llama | mistral | qwen2
-  c.model.arch.vocab_size = 0
+  c.model.arch.vocab_size = 0  # V; 0 in a check means "unchecked"
   c.model.arch.hidden_size = 0  # D
   c.model.arch.intermediate_size = 0  # MLP width F
   c.model.arch.num_layers = 0  # L
-  c.model.arch.num_heads = 0
+  c.model.arch.num_heads = 0  # query heads
   c.model.arch.num_kv_heads = 0  # grouped-query attention when < num_heads
   c.model.arch.head_dim = 0  # 0 = hidden_size // num_heads
   c.model.arch.rope_theta = 0.0  # 0 = 10000 for a random model
   c.model.arch.rms_norm_eps = 0.0  # 0 = 1e-5 for a random model
-  c.model.arch.tie_word_embeddings = False
+  c.model.arch.tie_word_embeddings = False  # LM head shares the embedding matrix
   c.model.arch.max_position_embeddings = 0  # 0 = 4096 for a random model
 
   c.cc = config_dict.ConfigDict()
@@ -74,46 +74,44 @@ def get_config() -> config_dict.ConfigDict:
   c.data.end_of_turn = ""  # override the end-of-turn token found from the template
   c.data.batch_size = 16  # global batch (all hosts), in examples
   c.data.buckets = ()  # padded lengths; () = powers of two from min_bucket up to cutoff_len
-  c.data.min_bucket = 64
-  c.data.shuffle = True
+  c.data.min_bucket = 64  # smallest default bucket
+  c.data.shuffle = True  # reshuffle every epoch, seeded by (seed, epoch)
   c.data.drop_last = False  # drop the last partial batch instead of padding it
-  c.data.num_epochs = 3
+  c.data.num_epochs = 3  # passes over the data (paper: 3)
 
   c.optim = config_dict.ConfigDict()
   c.optim.learning_rate = 1e-5  # peak learning rate (paper: 1e-5)
   c.optim.schedule = "cosine"  # cosine | linear | constant, after linear warmup
   c.optim.warmup_ratio = 0.1  # fraction of the total steps spent warming up
-  c.optim.end_learning_rate = 0.0
+  c.optim.end_learning_rate = 0.0  # learning rate at the last step
   c.optim.weight_decay = 0.0  # AdamW decoupled decay; never on norms or biases
-  c.optim.b1 = 0.9
-  c.optim.b2 = 0.999
-  c.optim.eps = 1e-8
+  c.optim.b1 = 0.9  # Adam beta1
+  c.optim.b2 = 0.999  # Adam beta2
+  c.optim.eps = 1e-8  # Adam epsilon
   c.optim.grad_clip_norm = 1.0  # global-norm clipping; <= 0 disables
   c.optim.trainable = "all"  # all (full fine-tuning, paper) | decision_maker
   c.optim.grad_accum_steps = 1  # microbatches per optimizer step (batch_size must divide)
   c.optim.max_steps = 0  # stop after this many steps; 0 = num_epochs worth
 
   c.mesh = config_dict.ConfigDict()
-  # Device mesh axes; one may be -1 (all remaining devices). fsdp shards weights and
-  # optimizer state, tensor shards heads/MLP/vocab, data replicates the model.
-  c.mesh.data = 1
-  c.mesh.fsdp = -1
-  c.mesh.tensor = 1
+  c.mesh.data = 1  # pure data parallelism (model replicated); one axis may be -1 (the rest)
+  c.mesh.fsdp = -1  # shards weights, gradients and optimizer state (and the batch)
+  c.mesh.tensor = 1  # shards heads, MLP width and vocabulary (keep within a host)
   c.mesh.rules = config_dict.ConfigDict()  # overrides: logical axis -> mesh axis, e.g. embed=None
 
   c.ckpt = config_dict.ConfigDict()
   c.ckpt.every_steps = 500  # save every N optimizer steps (and at the end, and on SIGTERM)
   c.ckpt.keep = 3  # keep the last K checkpoints
-  c.ckpt.async_save = True
+  c.ckpt.async_save = True  # write checkpoints in the background
 
   c.log = config_dict.ConfigDict()
   c.log.every_steps = 10  # console / TensorBoard metrics interval
-  c.log.progress_bar = True
+  c.log.progress_bar = True  # tqdm progress bars on the console
 
   c.matrix = config_dict.ConfigDict()  # task=matrix: the Transform Matrix of a trained run
   c.matrix.num_samples = 1000  # parallel prompt pairs sampled from the training data (paper: 1000)
-  c.matrix.seed = 0
-  c.matrix.batch_size = 16
+  c.matrix.seed = 0  # sampling seed of the prompt pairs
+  c.matrix.batch_size = 16  # prompts per forward pass
   c.matrix.ridge = 0.0  # 0 = ordinary least squares (paper)
   c.matrix.per_layer = False  # one matrix per layer instead of one shared (paper: shared)
   c.matrix.streaming = False  # accumulate S^T S and S^T T instead of stacking rows
@@ -122,20 +120,20 @@ def get_config() -> config_dict.ConfigDict:
 
   c.eval = config_dict.ConfigDict()  # task=eval: the six benchmarks (REFERENCE.md §5)
   c.eval.source = ""  # a local benchmark root (see cc_jax/benchmarks.py for the layout), or "hub"
-  c.eval.benchmarks = ("XNLI", "XStoryCloze", "MMMLU", "XQuAD", "MKQA", "XLSum")
+  c.eval.benchmarks = ("XNLI", "XStoryCloze", "MMMLU", "XQuAD", "MKQA", "XLSum")  # the paper's six
   c.eval.languages = ()  # () = every paper language present; else a subset, e.g. ("zh", "sw")
   c.eval.limit = 0  # examples per (benchmark, language), seeded sample; 0 = all (paper: ~1000)
-  c.eval.seed = 0
+  c.eval.seed = 0  # sampling seed of eval.limit
   c.eval.modes = ("matrix",)  # cc runs: any of plain, matrix, identity, oracle; sft runs: plain
-  c.eval.batch_size = 16
+  c.eval.batch_size = 16  # prompts per generation batch
   c.eval.max_new_tokens = 40  # the paper's
   c.eval.max_prompt_len = 1024  # longer prompts keep their head and the generation prompt
-  c.eval.stop_strings = ()
+  c.eval.stop_strings = ()  # cut each prediction at the first of these strings
   c.eval.label = ""  # method name in the tables; "" = the run's method and mode
   c.eval.out_dir = ""  # "" = <workdir>/eval
   c.eval.step = 0  # checkpoint step; 0 = latest
 
   c.generate = config_dict.ConfigDict()  # task=generate
-  c.generate.prompt = "Translate to French: The cat sleeps on the sofa."
+  c.generate.prompt = "Translate to French: The cat sleeps on the sofa."  # user message
   c.generate.max_new_tokens = 40  # the paper's evaluation length
   return c
