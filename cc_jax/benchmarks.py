@@ -33,8 +33,9 @@ import json
 import os
 import pathlib
 import re
-import tempfile
 from typing import Any, Iterable, Mapping, Sequence
+
+from cc_jax import files
 
 # ---------------------------------------------------------------------------------------------
 # The paper's benchmarks (REFERENCE.md §5 table, and the authors' `langs_all`)
@@ -504,21 +505,6 @@ def load_local(root: str | os.PathLike, benchmark: str, langs: Sequence[str] | N
   return examples
 
 
-def _write_atomic(path: pathlib.Path, data: bytes) -> None:
-  # A temporary file in the target directory, then a rename: readers never see half a file.
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    pathlib.Path(tmp).unlink(missing_ok=True)
-    raise
-
-
 def write_local(root: str | os.PathLike, examples: Iterable[EvalExample]) -> list[pathlib.Path]:
   """Writes examples as a local benchmark directory in cc_jax's layout (`<lang>.jsonl` +
   `<lang>.answers.jsonl`), one file pair per (benchmark, language), replacing existing pairs.
@@ -562,7 +548,7 @@ def write_local(root: str | os.PathLike, examples: Iterable[EvalExample]) -> lis
     inst_pattern, ans_pattern = LAYOUTS[0]
     for pattern, lines in ((inst_pattern, inst_lines), (ans_pattern, ans_lines)):
       path = root / benchmark / pattern.format(lang=lang)
-      _write_atomic(path, ("\n".join(lines) + "\n").encode("utf-8"))
+      files.write_atomic(path, ("\n".join(lines) + "\n").encode("utf-8"))
       written.append(path)
   return written
 

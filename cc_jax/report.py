@@ -21,10 +21,9 @@ import math
 import os
 import pathlib
 import re
-import tempfile
 from typing import Any, Iterable, Mapping, Sequence
 
-from cc_jax import benchmarks as bm
+from cc_jax import benchmarks as bm, files
 
 # Method, benchmark and language names become path components: no separators, no dot files.
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$")
@@ -73,21 +72,6 @@ def _inside(root: pathlib.Path, path: pathlib.Path) -> pathlib.Path:
   if not path.resolve().is_relative_to(root.resolve()):
     raise ValueError(f"{path} would be written outside {root}")
   return path
-
-
-def _write_atomic(path: pathlib.Path, data: bytes) -> None:
-  # A temporary file in the target directory, then a rename: readers never see half a file.
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    pathlib.Path(tmp).unlink(missing_ok=True)
-    raise
 
 
 def _coerce(records: Iterable[ScoredPrediction | Mapping[str, Any]]) -> list[ScoredPrediction]:
@@ -327,7 +311,7 @@ def write_report(out_dir: str | os.PathLike,
     path = _inside(root, root / "predictions" / method / benchmark / f"{lang}.jsonl")
     text = "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n"
                    for r in sorted(group, key=lambda r: r.index))
-    _write_atomic(path, text.encode("utf-8"))
+    files.write_atomic(path, text.encode("utf-8"))
     written.append(path)
   for (method, benchmark), langs in by_pair.items():
     for stale in (root / "predictions" / method / benchmark).glob("*.jsonl"):
@@ -337,14 +321,14 @@ def write_report(out_dir: str | os.PathLike,
     method, benchmark = result["method"], result["benchmark"]
     result = dict(result, predictions=f"predictions/{method}/{benchmark}")
     path = _inside(root, root / "results" / method / f"{benchmark}.json")
-    _write_atomic(path, (json.dumps(result, indent=2, ensure_ascii=False) + "\n").encode())
+    files.write_atomic(path, (json.dumps(result, indent=2, ensure_ascii=False) + "\n").encode())
     written.append(path)
   everything = read_results(root)
   path = _inside(root, root / "results.md")
-  _write_atomic(path, markdown_table(everything, methods).encode("utf-8"))
+  files.write_atomic(path, markdown_table(everything, methods).encode("utf-8"))
   written.append(path)
   if chart:
     path = _inside(root, root / "results.png")
-    _write_atomic(path, plot_results(everything, methods))
+    files.write_atomic(path, plot_results(everything, methods))
     written.append(path)
   return written

@@ -22,14 +22,22 @@ _MULTI_PROCESS_ENV = ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORL
 def maybe_initialize_distributed() -> None:
   """Calls jax.distributed.initialize() when the environment describes several processes.
 
-  Explicit settings: JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID (read by JAX
-  itself); otherwise JAX detects SLURM / MPI / TPU pod environments.
+  Explicit settings: JAX_COORDINATOR_ADDRESS (host:port of process 0), JAX_NUM_PROCESSES and
+  JAX_PROCESS_ID; otherwise JAX detects SLURM / Open MPI / TPU pod environments itself.
   """
   if not any(os.environ.get(name) for name in _MULTI_PROCESS_ENV):
     return
   if os.environ.get("SLURM_NTASKS") == "1" or os.environ.get("OMPI_COMM_WORLD_SIZE") == "1":
     return
-  jax.distributed.initialize()
+  if jax.distributed.is_initialized():
+    return
+  kwargs = {}
+  if os.environ.get("JAX_NUM_PROCESSES"):  # JAX reads only the address from the environment
+    kwargs = dict(num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+                  process_id=int(os.environ["JAX_PROCESS_ID"]))
+  # CPU-only jobs (tests, laptops) need a collectives backend across processes.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(**kwargs)
   logging.info("jax.distributed: process %d of %d, %d local / %d global devices",
                jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count())
 

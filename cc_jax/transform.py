@@ -10,8 +10,8 @@ options add ridge regularisation, one matrix per layer, and streaming normal equ
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
-import os
 import pathlib
 from typing import Sequence
 
@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cc_jax import batching
+from cc_jax import batching, files
 from cc_jax.model import Llama, left_pad_positions
 
 MATRIX_FILE = "matrix.npy"
@@ -155,15 +155,11 @@ def fit_statistics(source_NLD: np.ndarray, target_NLD: np.ndarray, matrix: np.nd
 def save(directory, matrix: np.ndarray, metadata: dict) -> pathlib.Path:
   """Writes matrix.npy and matrix.json into `directory` (each atomically)."""
   directory = pathlib.Path(directory)
-  directory.mkdir(parents=True, exist_ok=True)
-  tmp = directory / f".{MATRIX_FILE}.tmp-{os.getpid()}"
-  with open(tmp, "wb") as f:
-    np.save(f, np.asarray(matrix, np.float32), allow_pickle=False)
-  os.replace(tmp, directory / MATRIX_FILE)
+  buffer = io.BytesIO()
+  np.save(buffer, np.asarray(matrix, np.float32), allow_pickle=False)
+  files.write_atomic(directory / MATRIX_FILE, buffer.getvalue())
   meta = {"shape": list(np.shape(matrix)), **metadata}
-  tmp_meta = directory / f".{META_FILE}.tmp-{os.getpid()}"
-  tmp_meta.write_text(json.dumps(meta, indent=2))
-  os.replace(tmp_meta, directory / META_FILE)
+  files.write_atomic(directory / META_FILE, json.dumps(meta, indent=2).encode())
   return directory
 
 

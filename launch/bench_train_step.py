@@ -299,7 +299,7 @@ def shape_table(shape: dict, jax_variants: dict, torch_variants: dict | None, rs
       f"{shape['response']}, English prompt {shape['english']}; T_full = {shape['t_full']}, "
       f"T_en = {shape['t_en']}, T_en/T_full = {shape['t_en'] / shape['t_full']:.3f}.",
       "",
-      "| variant | wall ms/step, median (min) | CPU s/step | ratio: wall / CPU | floor "
+      "| variant | wall ms/step, median (min) | CPU ms/step | ratio: wall / CPU | floor "
       "| wall vs floor | CPU vs floor | peak MiB (XLA) | temp MiB | memory ratio | memory vs floor |"
       + (" peak RSS MiB |" if rss else ""),
       "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if rss else ""),
@@ -307,7 +307,7 @@ def shape_table(shape: dict, jax_variants: dict, torch_variants: dict | None, rs
   for name in VARIANTS:
     v = jax_variants[name]
     wall, cpu = median_ms(v.wall), median_ms(v.cpu)
-    cells = [LABELS[name], f"{wall:,.0f} ({min(v.wall) * 1e3:,.0f})", f"{cpu / 1e3:.1f}"]
+    cells = [LABELS[name], f"{wall:,.0f} ({min(v.wall) * 1e3:,.0f})", f"{cpu:,.0f}"]
     if name == "sft":
       cells += ["1 / 1", "", "", "", mib(v.memory["peak"]), mib(v.memory["temp"]), "1", ""]
     else:
