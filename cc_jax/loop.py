@@ -91,6 +91,10 @@ def train_loop(config: ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any
   workdir.mkdir(parents=True, exist_ok=True)
   mesh = runtime.make_mesh(config)
   rules = sh.rules_from_config(config.mesh.rules.to_dict())
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  if config.data.batch_size % (shards * config.optim.grad_accum_steps):
+    raise ValueError(f"config.data.batch_size={config.data.batch_size} must be divisible by the batch shards "
+                     f"(mesh data x fsdp = {shards}) times optim.grad_accum_steps={config.optim.grad_accum_steps}")
   model_cfg = runtime.model_config(config)
   tokenizer = runtime.load_tokenizer(config)
 

@@ -23,8 +23,9 @@ the demo test instructions as prompts, plain greedy generation, at each batch si
 batch size 1 (one example at a time), after a warm-up pass that compiles every shape.
 
 Timings on a shared machine are disturbed by other heavy processes, so before each timed
-phase the script waits (up to --quiet_wait seconds) until no `bench_train_step` or `pytest`
-process runs, and reports the wait.
+round the script waits (up to --quiet_wait seconds in all) until no `bench_train_step` or
+`pytest` process runs and other processes use little CPU (from /proc/stat), re-runs a round
+during which either happened, and reports both.
 """
 
 import dataclasses
@@ -54,8 +55,8 @@ flags.DEFINE_list("batch_sizes", ["8", "16", "32"], "Part B: batch sizes timed a
 flags.DEFINE_integer("eval_batch_size", 16, "Part B: the batch size the target is checked at "
                      "(EvalOptions' default).")
 flags.DEFINE_integer("eval_repeats", 2, "Part B: timed passes over the prompts per batch size.")
-flags.DEFINE_integer("quiet_wait", 900, "Most seconds to wait for other benchmarks/tests to end "
-                     "before a timed phase (0: don't wait).")
+flags.DEFINE_integer("quiet_wait", 900, "Most seconds (in all) to wait for other benchmarks/tests to "
+                     "end before timed rounds (0: don't wait or re-run disturbed rounds).")
 flags.DEFINE_string("out", "docs/benchmarks.md",
                     "Markdown file whose marked section receives the results ('' writes nothing). "
                     "Relative paths are relative to the repository root.")
@@ -69,27 +70,96 @@ OVERHEAD_SHARE = 0.1  # cc's overhead at most this share of the two-pass procedu
 AUTHORS_TWO_PASS = 1.26  # the authors' two-pass procedure / plain, measured on this CPU (the issue)
 TARGET_BATCHED = 4.0  # examples/s batched over one at a time, at least
 BUSY_PATTERN = "bench_train_step|pytest"
+OTHERS_MAX_CORES = 0.2  # CPU cores other processes may use on average during a timed round
 
 
 # --- Waiting for a quiet machine -----------------------------------------------------------
-def wait_for_quiet(phase: str, waits: dict) -> None:
-  """Sleeps while another benchmark or test runs (pgrep -f BUSY_PATTERN), up to --quiet_wait s."""
-  start = time.perf_counter()
-  while time.perf_counter() - start < FLAGS.quiet_wait:
+class Quiet:
+  """Keeps timings away from other work on the machine: waits before a timed round while
+  another benchmark or test runs (a process matching BUSY_PATTERN) or other processes use
+  more than OTHERS_MAX_CORES of CPU, and tells whether either happened during the round."""
+
+  def __init__(self, max_wait: int):
+    self.max_wait = max_wait
+    self.waited_s = 0.0  # total time spent waiting
+    self.discarded = 0  # timed rounds thrown away because other work ran meanwhile
+    self.kept_disturbed = 0  # disturbed rounds kept once the re-runs were used up
+    self.gave_up = False
+    self._mark = None
+
+  @staticmethod
+  def _cpu_s() -> tuple[float, float, float]:
+    """(wall, busy CPU seconds of the whole machine, CPU seconds of this process)."""
+    fields = [int(x) for x in pathlib.Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    busy = (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # up to steal; guest is inside user
+    own = os.times()
+    return time.perf_counter(), busy, own.user + own.system + own.children_user + own.children_system
+
+  def start(self) -> None:
+    self._mark = self._cpu_s()
+
+  def others_cores(self) -> float:
+    """Average CPU cores used by other processes since `start()`."""
+    (w0, b0, o0), (w1, b1, o1) = self._mark, self._cpu_s()
+    return max(0.0, (b1 - b0) - (o1 - o0)) / max(w1 - w0, 1e-9)
+
+  def busy(self) -> list[str]:
+    """Why the machine is not quiet now (empty if it is), judged since the last `start()`."""
     found = subprocess.run(["pgrep", "-f", BUSY_PATTERN], capture_output=True, text=True).stdout.split()
-    busy = [pid for pid in found if int(pid) != os.getpid()]
-    if not busy:
-      break
-    print(f"[{phase}] waiting: other processes running ({', '.join(busy)})", flush=True)
-    time.sleep(20)
-  else:
-    if FLAGS.quiet_wait:
-      print(f"[{phase}] still busy after {FLAGS.quiet_wait} s; timing anyway", flush=True)
-      waits[phase + " (gave up)"] = FLAGS.quiet_wait
-      return
-  waited = time.perf_counter() - start
-  if waited > 1:
-    waits[phase] = waited
+    reasons = [f"pid {pid}" for pid in found if int(pid) != os.getpid()]
+    if self._mark is not None and (cores := self.others_cores()) > OTHERS_MAX_CORES:
+      reasons.append(f"other processes used {cores:.2f} cores")
+    return reasons
+
+  def wait(self, phase: str) -> None:
+    start = time.perf_counter()
+    while self.max_wait:
+      self.start()
+      time.sleep(3)
+      busy = self.busy()
+      if not busy or self.waited_s + time.perf_counter() - start >= self.max_wait:
+        break
+      print(f"[{phase}] waiting: {', '.join(busy)}", flush=True)
+      time.sleep(20)
+    if self.max_wait and busy and not self.gave_up:
+      print(f"[{phase}] still busy after {self.max_wait} s of waiting; timing anyway", flush=True)
+      self.gave_up = True
+    self.waited_s += max(0.0, time.perf_counter() - start - 3)
+    self.start()
+
+  def summary(self) -> str:
+    parts = []
+    if self.waited_s > 1:
+      parts.append(f"waited {self.waited_s:.0f} s for other work on the machine to end")
+    if self.discarded:
+      parts.append(f"discarded and re-ran {self.discarded} timed round(s) disturbed by it")
+    if self.kept_disturbed:
+      parts.append(f"**kept {self.kept_disturbed} disturbed round(s)**")
+    if self.gave_up:
+      parts.append(f"**gave up waiting after {self.max_wait} s: timings are disturbed**")
+    return "; ".join(parts)
+
+
+def timed_rounds(quiet: Quiet, phase: str, rounds: int, run_round) -> None:
+  """Runs `rounds` undisturbed rounds. `run_round(i)` times round i and returns callables that
+  record its timings; they are called only if the machine stayed quiet (`Quiet.busy`) during
+  the round (else the round is re-run, at most `rounds` extra times in all)."""
+  done, retries = 0, 0
+  while done < rounds:
+    quiet.wait(phase)
+    timings = run_round(done)
+    if quiet.max_wait and not quiet.gave_up and (busy := quiet.busy()):
+      if retries < rounds:
+        quiet.discarded += 1
+        retries += 1
+        print(f"[{phase}] round {done} disturbed ({', '.join(busy)}); re-running it", flush=True)
+        continue
+      quiet.kept_disturbed += 1
+      print(f"[{phase}] round {done} disturbed ({', '.join(busy)}); no re-runs left, keeping it", flush=True)
+    for keep in timings:
+      keep()
+    done += 1
 
 
 # --- Model, tokenizer, prompts -------------------------------------------------------------
@@ -173,17 +243,24 @@ class GenVariant:
     return seconds
 
 
-def run_interleaved(variants, repeats: int, warmup: int = 1) -> None:
-  """Round-robin over the variants (rotating who goes first); keeps the timed runs."""
-  for round_ in range(warmup + repeats):
+def run_interleaved(variants, repeats: int, quiet: Quiet, phase: str) -> None:
+  """One untimed warm-up run each, then round-robin over the variants (rotating who goes
+  first), keeping the runs of undisturbed rounds."""
+  for v in variants:
+    v.run()
+
+  def run_round(round_):
     k = round_ % len(variants)
+    kept = []
     for v in variants[k:] + variants[:k]:
       seconds = v.run()
-      if round_ >= warmup:
-        v.times.append(seconds)
+      kept.append(lambda v=v, seconds=seconds: v.times.append(seconds))
+    return kept
+
+  timed_rounds(quiet, phase, repeats, run_round)
 
 
-def part_a(model, params, tokenizer, fmt, waits: dict) -> dict:
+def part_a(model, params, tokenizer, fmt, quiet: Quiet) -> dict:
   import numpy as np
   from cc_jax import generate
   D = model.cfg.hidden_size
@@ -193,8 +270,7 @@ def part_a(model, params, tokenizer, fmt, waits: dict) -> dict:
   for name in VARIANTS:
     variants[name] = GenVariant(name, model, params, tokens, mask, matrix)
     print(f"compiled {name} in {variants[name].compile_s:.1f} s", flush=True)
-  wait_for_quiet("part A", waits)
-  run_interleaved(list(variants.values()), FLAGS.repeats)
+  run_interleaved(list(variants.values()), FLAGS.repeats, quiet, "part A")
   for v in variants.values():
     print(f"{v.name}: median {statistics.median(v.times) * 1e3:.0f} ms "
           f"({', '.join(f'{t * 1e3:.0f}' for t in v.times)})", flush=True)
@@ -205,7 +281,7 @@ def part_a(model, params, tokenizer, fmt, waits: dict) -> dict:
 
 
 # --- Part B: batched evaluation against one at a time ---------------------------------------
-def part_b(model, params, tokenizer, waits: dict) -> dict:
+def part_b(model, params, tokenizer, quiet: Quiet) -> dict:
   from configs import base
   from cc_jax import batching, evaluate, runtime
   trained = runtime.TrainedModel(train_config=base.get_config(), model=model, params=params,
@@ -223,14 +299,18 @@ def part_b(model, params, tokenizer, waits: dict) -> dict:
     predictions[b] = gen.run(prompt_ids, "plain")
     compile_s[b] = time.perf_counter() - start
     print(f"warm-up batch {b}: {compile_s[b]:.1f} s", flush=True)
-  wait_for_quiet("part B", waits)
   times = {b: [] for b in sizes}
-  for round_ in range(FLAGS.eval_repeats):
-    order = sizes if round_ % 2 == 0 else sizes[::-1]
-    for b in order:
+
+  def run_round(round_):
+    kept = []
+    for b in (sizes if round_ % 2 == 0 else sizes[::-1]):
       start = time.perf_counter()
       generators[b].run(prompt_ids, "plain")
-      times[b].append(time.perf_counter() - start)
+      seconds = time.perf_counter() - start
+      kept.append(lambda b=b, seconds=seconds: times[b].append(seconds))
+    return kept
+
+  timed_rounds(quiet, "part B", FLAGS.eval_repeats, run_round)
   for b in sizes:
     print(f"batch {b}: {len(prompts) / statistics.median(times[b]):.2f} examples/s "
           f"({', '.join(f'{t:.2f}' for t in times[b])} s per pass)", flush=True)
@@ -322,9 +402,8 @@ def table_b(b: dict) -> str:
   return "\n".join(lines)
 
 
-def report(model_name: str, a: dict, b: dict, waits: dict, total_s: float) -> str:
-  wait_text = ("; waited for other processes before timing: " + ", ".join(
-      f"{k} {v:.0f} s" for k, v in waits.items())) if waits else ""
+def report(model_name: str, a: dict, b: dict, quiet: Quiet, total_s: float) -> str:
+  wait_text = f"; {quiet.summary()}" if quiet.summary() else ""
   head = [
       f"Measured {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on {machine()}.",
       f"Model: {model_name}, random Decision Maker (std 0.02) and Transform Matrix; whole run "
@@ -371,12 +450,12 @@ def main(argv):
   from cc_jax import data
   model, params, tokenizer, model_name = load_model()
   fmt = data.chat_format(tokenizer)
-  waits: dict = {}
+  quiet = Quiet(FLAGS.quiet_wait)
   print(f"== Part A: batch 1, prompt {FLAGS.prompt_len}, {FLAGS.new_tokens} new tokens", flush=True)
-  a = part_a(model, params, tokenizer, fmt, waits)
+  a = part_a(model, params, tokenizer, fmt, quiet)
   print(f"\n== Part B: {FLAGS.eval_prompts} prompts, batch sizes 1 vs {FLAGS.batch_sizes}", flush=True)
-  b = part_b(model, params, tokenizer, waits)
-  text = report(model_name, a, b, waits, time.perf_counter() - start)
+  b = part_b(model, params, tokenizer, quiet)
+  text = report(model_name, a, b, quiet, time.perf_counter() - start)
   print("\n" + text)
   if FLAGS.out:
     out = pathlib.Path(FLAGS.out)

@@ -14,7 +14,7 @@ def reduced_config():
   config.log.progress_bar = False
   config.ckpt.async_save = False
   config.optim.max_steps = 2
-  config.data.batch_size = 4
+  config.data.batch_size = 8  # divisible by the 8 test devices
   config.matrix.num_samples = 16
   config.eval.limit = 1
   config.eval.max_new_tokens = 6
