@@ -64,3 +64,20 @@ def test_matrix_then_eval_writes_json_table_and_chart(tmp_path):
   first = {(p.benchmark, p.lang, p.index): p.prediction for p in predictions if p.method == "cc-matrix"}
   second = {(p.benchmark, p.lang, p.index): p.prediction for p in report.read_predictions(tmp_path / "e2")}
   assert first == second, "evaluation must be deterministic"
+
+
+def test_generate_task_replies_like_transformers(smollm2_hf):
+  """`task=generate` on SmolLM2 prints transformers' greedy reply to the same chat prompt."""
+  import torch
+  hf_model, tokenizer = smollm2_hf
+  prompt = "What is 7 times 6?"
+  ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)["input_ids"]
+  with torch.no_grad():
+    out = hf_model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False,
+                            eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"), pad_token_id=0)
+  expected = tokenizer.decode(out[0, len(ids):], skip_special_tokens=True).strip()
+  done = subprocess.run([sys.executable, "-m", "cc_jax.main", "--config=configs/smollm2.py", "--config.task=generate",
+                         f"--config.generate.prompt={prompt}", "--config.generate.max_new_tokens=12"],
+                        cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert done.stdout.strip() == expected and expected
