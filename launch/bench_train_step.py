@@ -47,6 +47,7 @@ flags.DEFINE_integer("steps", 5, "Timed steps per variant (after warm-up).")
 flags.DEFINE_integer("warmup", 1, "Untimed steps per variant after compilation.")
 flags.DEFINE_bool("torch", True, "Also time the PyTorch reference of the authors' procedure.")
 flags.DEFINE_integer("threads", os.cpu_count(), "torch.set_num_threads for the PyTorch reference.")
+flags.DEFINE_bool("flops", True, "Also report XLA's FLOP count of each step (cost analysis, unrolled).")
 flags.DEFINE_bool("rss", False, "Also measure each variant's peak RSS in a fresh subprocess (slow).")
 flags.DEFINE_string("out", "docs/benchmarks.md",
                     "Markdown file whose marked section receives the results ('' writes nothing). "
@@ -133,29 +134,48 @@ def load_torch_model():
 
 
 # --- cc_jax ------------------------------------------------------------------------------
+def jitted_step(name: str, cfg):
+  """The jitted (state-donating) train step of one variant, and its TrainState initialiser."""
+  import flax.linen as nn
+  import jax
+  from cc_jax import connection, optim, train
+  from cc_jax.model import Llama
+  model = Llama(cfg)
+  step_cfg = train.StepConfig(method="sft" if name == "sft" else "cc",
+                              connection=connection.ConnectionConfig(stop_english_grad=name == "cc_stop"))
+  # Plain AdamW at a constant 1e-5, as the PyTorch reference steps (no warmup, no clipping).
+  tx, schedule = optim.make_optimizer(
+      optim.OptimConfig(schedule="constant", warmup_ratio=0.0, grad_clip_norm=0.0), total_steps=1000)
+  step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, schedule=schedule, cfg=step_cfg),
+                 donate_argnums=0)
+  # init_train_state boxes the Decision Maker with its logical axes; a mesh-less jit wants plain arrays.
+  init = lambda params: nn.unbox(train.init_train_state(jax.random.key(0), params, model=model, tx=tx,
+                                                        cfg=step_cfg))
+  return step, init
+
+
+def step_flops(name: str, cfg, params, batch) -> float:
+  """XLA's FLOP count of one step, from the unrolled model: cost analysis counts a scanned
+  loop body once, so the scanned step would hide the per-layer work. Nothing is compiled."""
+  import dataclasses
+  import jax
+  from cc_jax.model import unstack_layers
+  unrolled = dataclasses.replace(cfg, scan_layers=False)
+  step, init = jitted_step(name, unrolled)
+  state = jax.eval_shape(lambda p: init(unstack_layers(p, cfg.num_layers)), params)
+  return step.lower(state, batch, jax.random.key(1)).cost_analysis()["flops"]
+
+
 class JaxVariant:
-  """One jitted, state-donating train step of one method, compiled ahead of time."""
+  """One jitted, state-donating train step of one variant, compiled ahead of time."""
 
   def __init__(self, name: str, cfg, params, batch):
-    import flax.linen as nn
     import jax
     import jax.numpy as jnp
-    from cc_jax import connection, optim, train
-    from cc_jax.model import Llama
     self.name = name
-    model = Llama(cfg)
-    step_cfg = train.StepConfig(method="sft" if name == "sft" else "cc",
-                                connection=connection.ConnectionConfig(stop_english_grad=name == "cc_stop"))
-    # Plain AdamW at a constant 1e-5, as the PyTorch reference steps (no warmup, no clipping).
-    tx, schedule = optim.make_optimizer(
-        optim.OptimConfig(schedule="constant", warmup_ratio=0.0, grad_clip_norm=0.0), total_steps=1000)
-    own_params = jax.tree.map(lambda x: jnp.array(x, copy=True), params)  # donated: one copy each
-    # init_train_state boxes the Decision Maker with its logical axes; a mesh-less jit wants plain arrays.
-    self.state = nn.unbox(train.init_train_state(jax.random.key(0), own_params, model=model, tx=tx,
-                                                 cfg=step_cfg))
+    step, init = jitted_step(name, cfg)
+    self.state = init(jax.tree.map(lambda x: jnp.array(x, copy=True), params))  # donated: one copy each
     self.batch, self.rng = batch, jax.random.key(1)
-    step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, schedule=schedule, cfg=step_cfg),
-                   donate_argnums=0)
     start = time.perf_counter()
     self.compiled = step.lower(self.state, batch, self.rng).compile()
     self.compile_s = time.perf_counter() - start
@@ -166,6 +186,7 @@ class JaxVariant:
         "temp": stats.temp_size_in_bytes,
         "argument": stats.argument_size_in_bytes,
     }
+    self.flops = step_flops(name, cfg, params, batch) if FLAGS.flops else None
     self.wall, self.cpu = [], []
 
   def run(self) -> None:
@@ -294,32 +315,31 @@ LABELS = {"sft": "sft", "cc": "cc (English grads)", "cc_stop": "cc + stop_englis
 def shape_table(shape: dict, jax_variants: dict, torch_variants: dict | None, rss: dict | None) -> str:
   f = floors(shape)
   sft = jax_variants["sft"]
+  flops = sft.flops is not None
+  time_rows = ["| variant | wall ms/step, median (min) | CPU ms/step, median | wall ratio | CPU ratio "
+               + ("| FLOP ratio (XLA) " if flops else "") + "| floor | wall vs floor | CPU vs floor |",
+               "|---|---|---|---|---|---|---|---|" + ("---|" if flops else "")]
+  memory_rows = ["| variant | peak MiB (XLA) | temp MiB | peak ratio | floor | peak vs floor |"
+                 + (" peak RSS MiB |" if rss else ""),
+                 "|---|---|---|---|---|---|" + ("---|" if rss else "")]
+  for name in VARIANTS:
+    v = jax_variants[name]
+    wall, cpu = median_ms(v.wall), median_ms(v.cpu)
+    wr, cr, mr = wall / median_ms(sft.wall), cpu / median_ms(sft.cpu), v.memory["peak"] / sft.memory["peak"]
+    fl = f.get(name)
+    t = [LABELS[name], f"{wall:,.0f} ({min(v.wall) * 1e3:,.0f})", f"{cpu:,.0f}", f"{wr:.3f}", f"{cr:.3f}"]
+    t += [f"{v.flops / sft.flops:.3f}"] if flops else []
+    t += [f"{fl:.3f}", f"{wr / fl:.3f} {verdict(wr, fl)}", f"{cr / fl:.3f} {verdict(cr, fl)}"] if fl else ["", "", ""]
+    m = [LABELS[name], mib(v.memory["peak"]), mib(v.memory["temp"]), f"{mr:.3f}"]
+    m += [f"{fl:.3f}", f"{mr / fl:.3f} {verdict(mr, fl)}"] if fl else ["", ""]
+    m += [mib(rss[name])] if rss else []
+    time_rows.append("| " + " | ".join(t) + " |")
+    memory_rows.append("| " + " | ".join(m) + " |")
   lines = [
       f"**Shape {shape['name']}**: batch {shape['batch']}, prompt {shape['prompt']} + response "
       f"{shape['response']}, English prompt {shape['english']}; T_full = {shape['t_full']}, "
       f"T_en = {shape['t_en']}, T_en/T_full = {shape['t_en'] / shape['t_full']:.3f}.",
-      "",
-      "| variant | wall ms/step, median (min) | CPU ms/step | ratio: wall / CPU | floor "
-      "| wall vs floor | CPU vs floor | peak MiB (XLA) | temp MiB | memory ratio | memory vs floor |"
-      + (" peak RSS MiB |" if rss else ""),
-      "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if rss else ""),
-  ]
-  for name in VARIANTS:
-    v = jax_variants[name]
-    wall, cpu = median_ms(v.wall), median_ms(v.cpu)
-    cells = [LABELS[name], f"{wall:,.0f} ({min(v.wall) * 1e3:,.0f})", f"{cpu:,.0f}"]
-    if name == "sft":
-      cells += ["1 / 1", "", "", "", mib(v.memory["peak"]), mib(v.memory["temp"]), "1", ""]
-    else:
-      wr, cr = wall / median_ms(sft.wall), cpu / median_ms(sft.cpu)
-      mr = v.memory["peak"] / sft.memory["peak"]
-      fl = f[name]
-      cells += [f"{wr:.3f} / {cr:.3f}", f"{fl:.3f}", f"{wr / fl:.3f} {verdict(wr, fl)}",
-                f"{cr / fl:.3f} {verdict(cr, fl)}", mib(v.memory["peak"]), mib(v.memory["temp"]),
-                f"{mr:.3f}", f"{mr / fl:.3f} {verdict(mr, fl)}"]
-    if rss:
-      cells.append(mib(rss[name]))
-    lines.append("| " + " | ".join(cells) + " |")
+      "", *time_rows, "", *memory_rows]
   if torch_variants:
     ts, tc = (torch_variants[k] for k in ("sft", "cc"))
     wr, cr = median_ms(tc.wall) / median_ms(ts.wall), median_ms(tc.cpu) / median_ms(ts.cpu)
@@ -353,20 +373,23 @@ DOC_TEMPLATE = """# Benchmarks
 ## Training step: `cc` against `sft`
 
 A `cc` step adds an English pass to the `sft` step: a forward pass over the English prompt
-(no LM head), and with the paper's English gradients its backward pass too. Counting a
+(no LM head) and, with the paper's English gradients, its backward pass. Counting a
 backward pass as twice a forward, the arithmetic floor of the cc/sft ratio (of step time
 and of peak memory) is 1 + T_en/T_full with English gradients and 1 + T_en/(3 T_full) with
-`stop_english_grad` (T = tokens per step; the English pass even skips the LM head, so the
-true floor is a little lower). The target is a ratio at most 5% above its floor at every
-measured shape (`pass` below). Peak memory is XLA's compiled memory analysis of the jitted
-step (arguments + outputs + temporaries - donated buffers; it counts parameters and AdamW
-state, which both methods share); `temp` is the temporaries alone. The PyTorch reference
-times the authors' procedure (transformers' `LlamaForCausalLM`, forward hooks, AdamW) on
-the same weights and batch.
+`stop_english_grad` (T = tokens per step). Because the English pass skips the LM head, the
+real arithmetic is a little below the floor: the `FLOP ratio` column is XLA's count for the
+compiled step. The target is a ratio at most 5% above its floor at every measured shape
+(`pass`). Wall time is the primary figure; process CPU time (all threads) is given beside
+it because it is steadier when other jobs share the cores (see the load average). Peak
+memory is XLA's compiled memory analysis of the jitted step: arguments + outputs +
+temporaries - donated buffers, so it includes the parameters and AdamW state both methods
+share; `temp` is the temporaries alone. The PyTorch reference times the authors' procedure
+(transformers' `LlamaForCausalLM`, forward hooks, AdamW) on the same weights and batch.
 
-Rerun (writes the section below): `python launch/bench_train_step.py` (add
-`--shapes=4x128+128:112,2x256+256:224`, `--steps=N`, `--rss`, `--notorch`; `--model=tiny
---out=` is a smoke run).
+Rerun (rewrites the section between the markers): `python launch/bench_train_step.py`; add
+`--shapes=4x128+128:112,2x256+256:224` (BATCHxPROMPT+RESPONSE:ENGLISH), `--steps=N`,
+`--rss` (peak RSS of each variant in a fresh process), `--notorch`; `--model=tiny --out=`
+is a smoke run that writes nothing.
 
 {section}
 """
@@ -423,7 +446,7 @@ def bench_shape(shape: dict, cfg, params, hf_model):
   jax_variants = {}
   for name in VARIANTS:
     v = jax_variants[name] = JaxVariant(name, cfg, params, batch)
-    print(f"compiled {name} in {v.compile_s:.1f} s; memory {v.memory}", flush=True)
+    print(f"compiled {name} in {v.compile_s:.1f} s; memory {v.memory}; flops {v.flops}", flush=True)
   run_interleaved(list(jax_variants.values()), FLAGS.steps, FLAGS.warmup)
   for v in jax_variants.values():
     progress("cc_jax", v)
