@@ -52,6 +52,8 @@ flags.DEFINE_bool("rss", False, "Also measure each variant's peak RSS in a fresh
 flags.DEFINE_string("out", "docs/benchmarks.md",
                     "Markdown file whose marked section receives the results ('' writes nothing). "
                     "Relative paths are relative to the repository root.")
+flags.DEFINE_integer("quiet_wait", 300, "Most seconds (in all) to wait for other processes to leave "
+                     "the CPUs before timed rounds (0: neither wait nor re-run disturbed rounds).")
 flags.DEFINE_string("rss_child", None, "Internal: run one variant and print its peak RSS.")
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -196,19 +198,82 @@ class JaxVariant:
     self.loss = float(metrics["loss"])
 
 
-def run_interleaved(variants, steps: int, warmup: int) -> None:
-  """Round-robin over the variants (rotating who goes first), recording each timed step's
-  wall time and process CPU time (all threads). CPU time is the steadier figure when other
-  processes share the cores: a preempted thread burns none."""
-  for round_ in range(warmup + steps):
-    k = round_ % len(variants)
+class Quiet:
+  """Keeps timed rounds away from other work on the shared machine, judged by the CPU other
+  processes use (from /proc/stat), not by their names, so two benchmarks waiting for each
+  other never deadlock: waits before a round until others use at most `max_cores`, and
+  re-runs a round during which they used more (at most as many re-runs as timed rounds)."""
+
+  def __init__(self, max_wait: float, max_cores: float = 0.25):
+    self.max_wait, self.max_cores = max_wait, max_cores
+    self.waited_s, self.discarded, self.kept_disturbed, self.gave_up = 0.0, 0, 0, False
+
+  @staticmethod
+  def mark() -> tuple[float, float, float]:
+    """(wall s, busy CPU s of the whole machine, CPU s of this process)."""
+    fields = [int(x) for x in pathlib.Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    busy = (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # minus idle, iowait
+    own = os.times()
+    return time.perf_counter(), busy, own.user + own.system
+
+  @staticmethod
+  def others_cores(since) -> float:
+    """Average cores used by other processes since `since` (a `mark()`)."""
+    (w0, b0, o0), (w1, b1, o1) = since, Quiet.mark()
+    return max(0.0, (b1 - b0) - (o1 - o0)) / max(w1 - w0, 1e-9)
+
+  def wait(self) -> None:
+    while self.max_wait and not self.gave_up:
+      start = self.mark()
+      time.sleep(3)
+      cores = self.others_cores(start)
+      self.waited_s += time.perf_counter() - start[0]
+      if cores <= self.max_cores:
+        return
+      if self.waited_s >= self.max_wait:
+        print(f"other processes still use {cores:.2f} cores after {self.waited_s:.0f} s; timing anyway",
+              flush=True)
+        self.gave_up = True
+        return
+      print(f"waiting: other processes use {cores:.2f} cores", flush=True)
+      time.sleep(12)
+
+  def summary(self) -> str:
+    if not self.max_wait:
+      return "no waiting for a quiet machine (--quiet_wait=0)"
+    text = (f"waited {self.waited_s:.0f} s for other processes to leave the CPUs and re-ran "
+            f"{self.discarded} disturbed round(s)")
+    if self.kept_disturbed:
+      text += f"; **kept {self.kept_disturbed} disturbed round(s)** (re-runs used up)"
+    return text + (f"; **gave up waiting after {self.max_wait} s**" if self.gave_up else "")
+
+
+def run_interleaved(variants, steps: int, warmup: int, quiet: Quiet) -> None:
+  """Warm-up steps, then `steps` rounds over the variants (rotating who goes first), each
+  recording every variant's wall time and process CPU time (all threads) for one step.
+  A round during which other processes used the CPUs is re-run (see `Quiet`)."""
+  for _ in range(warmup):
+    for v in variants:
+      v.run()
+  done, retries = 0, 0
+  while done < steps:
+    quiet.wait()
+    start, k, timings = quiet.mark(), done % len(variants), []
     for v in variants[k:] + variants[:k]:
       wall, cpu = time.perf_counter(), time.process_time()
       v.run()
-      wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-      if round_ >= warmup:
-        v.wall.append(wall)
-        v.cpu.append(cpu)
+      timings.append((v, time.perf_counter() - wall, time.process_time() - cpu))
+    if quiet.max_wait and (cores := quiet.others_cores(start)) > quiet.max_cores:
+      if retries < steps:
+        retries += 1
+        quiet.discarded += 1
+        print(f"round {done} disturbed (other processes used {cores:.2f} cores); re-running it", flush=True)
+        continue
+      quiet.kept_disturbed += 1
+    for v, wall, cpu in timings:
+      v.wall.append(wall)
+      v.cpu.append(cpu)
+    done += 1
 
 
 def median_ms(values) -> float:
@@ -353,14 +418,13 @@ def shape_table(shape: dict, jax_variants: dict, torch_variants: dict | None, rs
   return "\n".join(lines)
 
 
-def report(shapes, results, total_s: float, load_before, load_after) -> str:
+def report(shapes, results, total_s: float, quiet: Quiet) -> str:
   head = [
       f"Measured {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on {machine()}.",
       f"Model: {FLAGS.model}{' (SmolLM2-135M-Instruct)' if FLAGS.model == 'smollm2' else ''}, "
       f"compute dtype {FLAGS.dtype}, AdamW at a constant 1e-5; {FLAGS.steps} timed steps per "
       f"variant after {FLAGS.warmup} warm-up, interleaved; whole run {total_s / 60:.1f} min; "
-      f"1-minute load average {load_before:.1f} at the start, {load_after:.1f} at the end "
-      f"(above the core count means other processes shared the CPUs).",
+      f"{quiet.summary()}.",
       f"Command: `{' '.join(['python launch/bench_train_step.py'] + sys.argv[1:])}`",
       "",
   ]
@@ -368,9 +432,7 @@ def report(shapes, results, total_s: float, load_before, load_after) -> str:
   return "\n".join(head) + "\n" + "\n\n".join(body) + "\n"
 
 
-DOC_TEMPLATE = """# Benchmarks
-
-## Training step: `cc` against `sft`
+SECTION_HEAD = """## Training step: `cc` against `sft`
 
 A `cc` step adds an English pass to the `sft` step: a forward pass over the English prompt
 (no LM head) and, with the paper's English gradients, its backward pass. Counting a
@@ -380,7 +442,8 @@ and of peak memory) is 1 + T_en/T_full with English gradients and 1 + T_en/(3 T_
 real arithmetic is a little below the floor: the `FLOP ratio` column is XLA's count for the
 compiled step. The target is a ratio at most 5% above its floor at every measured shape
 (`pass`). Wall time is the primary figure; process CPU time (all threads) is given beside
-it because it is steadier when other jobs share the cores (see the load average). Peak
+it as a check. The machine is shared, so timed rounds wait for other processes to leave the
+CPUs and a disturbed round is re-run (the run notes how often). Peak
 memory is XLA's compiled memory analysis of the jitted step: arguments + outputs +
 temporaries - donated buffers, so it includes the parameters and AdamW state both methods
 share; `temp` is the temporaries alone. The PyTorch reference times the authors' procedure
@@ -388,19 +451,19 @@ share; `temp` is the temporaries alone. The PyTorch reference times the authors'
 
 Rerun (rewrites the section between the markers): `python launch/bench_train_step.py`; add
 `--shapes=4x128+128:112,2x256+256:224` (BATCHxPROMPT+RESPONSE:ENGLISH), `--steps=N`,
-`--rss` (peak RSS of each variant in a fresh process), `--notorch`; `--model=tiny --out=`
-is a smoke run that writes nothing.
-
-{section}
+`--rss` (peak RSS of each variant in a fresh process), `--notorch`, `--quiet_wait=S`;
+`--model=tiny --out=` is a smoke run that writes nothing.
 """
 
 
 def write_doc(path: pathlib.Path, text: str) -> None:
-  section = f"{BEGIN}\n{text}{END}"
-  if path.exists() and BEGIN in (old := path.read_text()) and END in old:
-    new = old[:old.index(BEGIN)] + section + old[old.index(END) + len(END):]
+  """Replaces this benchmark's marked section, or appends it; other sections are untouched."""
+  section = f"{BEGIN}\n{SECTION_HEAD}\n{text}{END}\n"
+  old = path.read_text() if path.exists() else "# Benchmarks\n"
+  if BEGIN in old and END in old:
+    new = old[:old.index(BEGIN)] + section + old[old.index(END) + len(END):].lstrip("\n")
   else:
-    new = DOC_TEMPLATE.format(section=section)
+    new = old.rstrip("\n") + "\n\n" + section
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text(new)
 
@@ -435,7 +498,7 @@ def progress(kind: str, v) -> None:
         f"CPU median {median_ms(v.cpu):.0f} ms; last loss {v.loss:.4f}", flush=True)
 
 
-def bench_shape(shape: dict, cfg, params, hf_model):
+def bench_shape(shape: dict, cfg, params, hf_model, quiet: Quiet):
   """Times and sizes the three cc_jax variants (and the PyTorch reference) at one shape."""
   import jax
   f = floors(shape)
@@ -447,14 +510,14 @@ def bench_shape(shape: dict, cfg, params, hf_model):
   for name in VARIANTS:
     v = jax_variants[name] = JaxVariant(name, cfg, params, batch)
     print(f"compiled {name} in {v.compile_s:.1f} s; memory {v.memory}; flops {v.flops}", flush=True)
-  run_interleaved(list(jax_variants.values()), FLAGS.steps, FLAGS.warmup)
+  run_interleaved(list(jax_variants.values()), FLAGS.steps, FLAGS.warmup, quiet)
   for v in jax_variants.values():
     progress("cc_jax", v)
     del v.state, v.compiled  # free the donated state before the next shape / the reference
   torch_variants = None
   if hf_model is not None:
     torch_variants = {name: TorchVariant(name, hf_model, batch_np) for name in ("sft", "cc")}
-    run_interleaved(list(torch_variants.values()), FLAGS.steps, FLAGS.warmup)
+    run_interleaved(list(torch_variants.values()), FLAGS.steps, FLAGS.warmup, quiet)
     for v in torch_variants.values():
       progress("torch", v)
       del v.optimizer
@@ -466,7 +529,7 @@ def main(argv):
   del argv
   if FLAGS.rss_child:
     return rss_child(FLAGS.rss_child)
-  start, load_before = time.perf_counter(), os.getloadavg()[0]
+  start, quiet = time.perf_counter(), Quiet(FLAGS.quiet_wait)
   shapes = [parse_shape(s) for s in FLAGS.shapes]
   cfg, params = load_jax_model()
   hf_model = None
@@ -475,8 +538,8 @@ def main(argv):
     torch.set_num_threads(FLAGS.threads)
     hf_model = load_torch_model()
     hf_model.train()  # Llama has no dropout; train mode is what fine-tuning runs in
-  results = {s["name"]: bench_shape(s, cfg, params, hf_model) for s in shapes}
-  text = report(shapes, results, time.perf_counter() - start, load_before, os.getloadavg()[0])
+  results = {s["name"]: bench_shape(s, cfg, params, hf_model, quiet) for s in shapes}
+  text = report(shapes, results, time.perf_counter() - start, quiet)
   print("\n" + text)
   if FLAGS.out:
     out = pathlib.Path(FLAGS.out)
