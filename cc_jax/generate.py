@@ -16,7 +16,6 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from cc_jax import batching, connection, transform
 from cc_jax.connection import ConnectionConfig

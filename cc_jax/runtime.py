@@ -11,7 +11,7 @@ import jax
 from ml_collections import ConfigDict
 
 from cc_jax import convert, sharding as sh, smollm2
-from cc_jax.model import LlamaConfig
+from cc_jax.model import Llama, LlamaConfig
 
 # Environment variables by which cluster launchers describe a multi-process job; JAX's
 # cluster auto-detection (SLURM, Open MPI, TPU pods, ...) reads them.
@@ -112,7 +112,7 @@ def params_loader(config: ConfigDict):
 class TrainedModel:
   """A trained run's model, ready for inference."""
   train_config: ConfigDict  # the config the run was trained with
-  model: "Llama"
+  model: Llama
   params: dict  # decoder params, plus `source_select` for cc runs
   tokenizer: object
   checkpoint: str  # "<workdir>/checkpoints/<step>": identifies the weights (e.g. for the matrix)
@@ -132,7 +132,6 @@ def load_trained(workdir, step: int | None = None, mesh: jax.sharding.Mesh | Non
   import jax.numpy as jnp
 
   from cc_jax import checkpoint, connection
-  from cc_jax.model import Llama
 
   workdir = pathlib.Path(workdir).absolute()
   run_file = workdir / "run.json"

@@ -6,7 +6,6 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import transformers  # noqa: E402
 

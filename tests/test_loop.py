@@ -2,7 +2,6 @@
 NaN stops without touching the last good checkpoint, and the CLI rejects unknown keys."""
 
 import json
-import os
 import pathlib
 import signal
 import subprocess

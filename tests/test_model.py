@@ -1,7 +1,5 @@
 """The decoder against transformers' PyTorch models, and its own invariants."""
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -1,7 +1,5 @@
 """The CC-Tuning and SFT steps against an independent PyTorch implementation of REFERENCE.md §2."""
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
