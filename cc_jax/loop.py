@@ -133,7 +133,7 @@ def train_loop(config: ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any
   batch_sharding = sh.batch_sharding(mesh)
   watcher = checkpoint.install_sigterm_handler()
   log = MetricsLog(workdir, config, total_steps, int(state.step))
-  status, last = "completed", {}
+  status, last, first_step = "completed", {}, int(state.step)
   try:
     pending = None
     for step in range(int(state.step), total_steps):
@@ -163,7 +163,8 @@ def train_loop(config: ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any
     log.close()
     ckpt.close()
     watcher.uninstall()
-  return {"step": int(state.step), "status": status, "metrics": last, "workdir": str(workdir)}
+  return {"step": int(state.step), "status": status, "metrics": last, "workdir": str(workdir),
+          "steps_run": int(state.step) - first_step}
 
 
 def _check_and_log(log: MetricsLog, ckpt: checkpoint.Checkpointer, step: int, metrics) -> dict:

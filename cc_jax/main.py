@@ -85,8 +85,9 @@ def main(argv):
     if not workdir:
       raise app.UsageError("task=train needs --workdir (or config.workdir)")
     summary = loop.train_loop(config, workdir)
-    print(f"{summary['status']} at step {summary['step']}; loss {summary['metrics'].get('loss', float('nan')):.4f}; "
-          f"checkpoints in {summary['workdir']}/checkpoints")
+    done = (f"loss {summary['metrics']['loss']:.4f}" if summary["steps_run"] else
+            "the workdir's run was already complete, nothing to do")
+    print(f"{summary['status']} at step {summary['step']}; {done}; checkpoints in {summary['workdir']}/checkpoints")
   elif config.task in ("matrix", "eval", "pipeline"):
     if not workdir:
       raise app.UsageError(f"task={config.task} needs --workdir: the training run")

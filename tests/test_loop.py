@@ -171,6 +171,10 @@ def test_sigterm_saves_and_a_rerun_completes(tmp_path):
   assert "completed at step 20" in done.stdout
   assert [m["step"] for m in read_metrics(tmp_path)] == list(range(1, 21))
 
+  again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert again.returncode == 0 and "already complete, nothing to do" in again.stdout
+  assert len(read_metrics(tmp_path)) == 20
+
 
 def test_unknown_config_key_is_an_error(tmp_path):
   done = subprocess.run(_main(tmp_path, "--config.optim.learnin_rate=1e-3"), cwd=REPO, capture_output=True,
