@@ -199,7 +199,7 @@ def test_left_pad_prompts():
 
 
 def test_batch_options_from_config():
-  ml_collections = pytest.importorskip("ml_collections")
+  import ml_collections  # a runtime requirement: a missing install must fail, not skip
   cfg = ml_collections.ConfigDict(dict(batch_size=16, buckets=(), min_bucket=64, cutoff_len=1024,
                                        en_cutoff_len=300, shuffle=True, drop_last=False,
                                        num_epochs=3))
