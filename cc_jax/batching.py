@@ -26,6 +26,17 @@ def default_buckets(cutoff_len: int, min_len: int = 64) -> tuple[int, ...]:
   return tuple(buckets) + (cutoff_len,)
 
 
+def prompt_buckets(max_len: int, min_len: int = 32) -> tuple[int, ...]:
+  """Powers of two from `min_len` and the midpoints 1.5x between them, below `max_len`, then
+  `max_len`: 32, 48, 64, 96, 128, 192, ... Generation pads each batch of prompts to one of
+  these, so padding stays under a third of a prompt with twice the shapes of
+  `default_buckets` (each shape is compiled once)."""
+  buckets = []
+  for length in default_buckets(max_len, min_len)[:-1]:
+    buckets += [length, length * 3 // 2]
+  return tuple(b for b in buckets if b < max_len) + (max_len,)
+
+
 def bucket_length(length: int | np.ndarray, buckets: Sequence[int]) -> np.ndarray:
   """Smallest bucket >= length (elementwise). Raises if a length exceeds the largest bucket."""
   buckets = np.asarray(sorted(buckets))

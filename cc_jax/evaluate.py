@@ -91,7 +91,7 @@ class Generator:
     self.pad_id = data.pad_token_id(tokenizer)
     self.eos = np.asarray(self.fmt.end_ids + ((tokenizer.eos_token_id,) if tokenizer.eos_token_id is not None
                                               else ()), np.int32)
-    self.buckets = batching.default_buckets(options.max_prompt_len, min_len=64)
+    self.buckets = batching.prompt_buckets(options.max_prompt_len)
 
   def encode(self, prompts: Sequence[str]) -> list[list[int]]:
     ids = data.encode_prompts(self.trained.tokenizer, self.fmt, list(prompts))

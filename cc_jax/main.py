@@ -6,6 +6,8 @@ Parses flags and dispatches on config.task; the work itself lives in library mod
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from cc_jax import xla_flags
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Output directory (overrides config.workdir).")
@@ -77,6 +79,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   _quiet_orbax()
+  added = xla_flags.set_cpu_defaults()  # before the first JAX computation creates the backend
+  if added:
+    logging.info("CPU-only machine: XLA_FLAGS += %s (see cc_jax/xla_flags.py)", " ".join(added))
   config = FLAGS.config
   workdir = FLAGS.workdir or config.workdir
   logging.info("config:\n%s", config)

@@ -211,7 +211,7 @@ def fit_for_run(workdir, *, num_samples: int = 1000, seed: int = 0, batch_size: 
   source_prompts = data.encode_prompts(tokenizer, fmt, [r.prompt for r in picked], systems)
   target_prompts = data.encode_prompts(tokenizer, fmt, [r.prompt_en for r in picked], systems)
   longest = max(len(p) for p in source_prompts + target_prompts)
-  buckets = batching.default_buckets(longest, min_len=32)
+  buckets = batching.prompt_buckets(longest)
   params = train.model_params(trained.params)
   with tqdm.tqdm(total=2 * len(picked), desc="matrix: collect", disable=not progress) as bar:
     source_NLD = collect_activations(trained.model, params, source_prompts, data.pad_token_id(tokenizer),

@@ -6,6 +6,10 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from cc_jax import xla_flags  # noqa: E402
+
+xla_flags.set_cpu_defaults()  # as cc_jax.main does, so tests run what users run
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
 

@@ -48,6 +48,17 @@ def _same(a, b):
 def test_default_buckets():
   assert batching.default_buckets(1024) == (64, 128, 256, 512, 1024)
   assert batching.default_buckets(1000, min_len=128) == (128, 256, 512, 1000)
+
+
+def test_prompt_buckets():
+  assert batching.prompt_buckets(1024) == (32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+  assert batching.prompt_buckets(100) == (32, 48, 64, 96, 100)
+  assert batching.prompt_buckets(64) == (32, 48, 64)
+  assert batching.prompt_buckets(20) == (20,)
+  # padding stays under a third of a prompt longer than the smallest bucket
+  buckets = batching.prompt_buckets(1024)
+  for length in range(33, 1025):
+    assert batching.bucket_length(length, buckets) < 1.5 * length
   assert batching.bucket_length(17, BUCKETS) == 32 and batching.bucket_length(16, BUCKETS) == 16
   with pytest.raises(ValueError, match="exceeds"):
     batching.bucket_length(65, BUCKETS)
