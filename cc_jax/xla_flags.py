@@ -8,30 +8,44 @@ path is 1.5-1.9x slower than XLA's own kernels (SmolLM2 decode step, 2 cores: ba
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import os
+import pkgutil
 from typing import MutableMapping
 
 CPU_FLAGS = {"--xla_cpu_experimental_ynn_fusion_type": ""}  # "" turns off every YNNPACK fusion kind
 
-# Plugins that give JAX an accelerator backend. Their XLA builds may not know the CPU options
-# (an unknown option in XLA_FLAGS aborts), so the options are set only where none is installed.
-_ACCELERATOR_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin", "jax_rocm7_plugin",
-                        "libtpu", "jax_plugins.xla_cuda12", "jax_plugins.xla_cuda13")
+
+def accelerator_plugins() -> list[str]:
+  """Installed packages that give JAX a GPU or TPU backend, found the way JAX finds them
+  (modules of the `jax_plugins` namespace package and `jax_plugins` entry points), plus
+  the CUDA plugin modules and libtpu that jaxlib imports by name."""
+  found = [m for m in ("libtpu", "jax_cuda12_plugin", "jax_cuda13_plugin") if _installed(m)]
+  try:
+    import jax_plugins  # a namespace package; importing it loads no plugin
+    found += [m.name for m in pkgutil.iter_modules(jax_plugins.__path__)]
+  except ImportError:
+    pass
+  found += [ep.name for ep in importlib.metadata.entry_points(group="jax_plugins")]
+  return found
 
 
 def _installed(module: str) -> bool:
   try:
     return importlib.util.find_spec(module) is not None
-  except ModuleNotFoundError:  # a dotted name whose parent package is missing
+  except (ImportError, ValueError):
     return False
 
 
 def cpu_only(environ: MutableMapping[str, str] = os.environ) -> bool:
+  """True when JAX will run on the CPU: JAX_PLATFORMS=cpu, or no accelerator plugin installed.
+  The options are set only then: an XLA build for an accelerator that does not know an
+  option in XLA_FLAGS aborts."""
   platforms = environ.get("JAX_PLATFORMS", "").strip()
   if platforms:
     return platforms == "cpu"
-  return not any(_installed(m) for m in _ACCELERATOR_PLUGINS)
+  return not accelerator_plugins()
 
 
 def set_cpu_defaults(environ: MutableMapping[str, str] = os.environ) -> list[str]:

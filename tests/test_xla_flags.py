@@ -27,9 +27,13 @@ def test_not_added_for_accelerators():
 
 
 def test_cpu_only_detection_without_jax_platforms(monkeypatch):
-  monkeypatch.setattr(xla_flags, "_installed", lambda module: False)
+  monkeypatch.setattr(xla_flags, "accelerator_plugins", lambda: [])
   assert xla_flags.cpu_only({})
-  monkeypatch.setattr(xla_flags, "_installed", lambda module: module == "jax_cuda12_plugin")
+  monkeypatch.setattr(xla_flags, "accelerator_plugins", lambda: ["xla_cuda12"])
   assert not xla_flags.cpu_only({})
   env = {}
   assert xla_flags.set_cpu_defaults(env) == [] and env == {}
+
+
+def test_this_machine_has_no_accelerator_plugin():
+  assert xla_flags.accelerator_plugins() == []  # the tests run on CPU-only machines
