@@ -76,6 +76,12 @@ OTHERS_MAX_CORES = 0.2  # CPU cores other processes may use on average during a 
 
 
 # --- Waiting for a quiet machine -----------------------------------------------------------
+def proc_stat_cpu() -> list[int]:
+  """The machine's CPU time counters (user, nice, system, idle, iowait, irq, softirq, steal,
+  ...) in clock ticks, from the first line of /proc/stat."""
+  return [int(x) for x in pathlib.Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+
+
 class Quiet:
   """Keeps timings away from other work on the machine: waits before a timed round while
   another benchmark or test runs (a process matching BUSY_PATTERN) or other processes use
@@ -92,7 +98,7 @@ class Quiet:
   @staticmethod
   def _cpu_s() -> tuple[float, float, float]:
     """(wall, busy CPU seconds of the whole machine, CPU seconds of this process)."""
-    fields = [int(x) for x in pathlib.Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    fields = proc_stat_cpu()
     idle = fields[3] + fields[4]  # idle + iowait
     busy = (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # up to steal; guest is inside user
     own = os.times()
@@ -338,8 +344,8 @@ def process_cpu_s() -> float:
 
 def steal_s() -> float:
   """CPU seconds the hypervisor gave to other machines (all CPUs, since boot; 0 on bare metal)."""
-  fields = pathlib.Path("/proc/stat").read_text().split("\n", 1)[0].split()
-  return int(fields[8]) / os.sysconf("SC_CLK_TCK") if len(fields) > 8 else 0.0
+  fields = proc_stat_cpu()
+  return fields[7] / os.sysconf("SC_CLK_TCK") if len(fields) > 7 else 0.0
 
 
 def machine() -> str:

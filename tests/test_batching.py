@@ -48,6 +48,9 @@ def _same(a, b):
 def test_default_buckets():
   assert batching.default_buckets(1024) == (64, 128, 256, 512, 1024)
   assert batching.default_buckets(1000, min_len=128) == (128, 256, 512, 1000)
+  assert batching.bucket_length(17, BUCKETS) == 32 and batching.bucket_length(16, BUCKETS) == 16
+  with pytest.raises(ValueError, match="exceeds"):
+    batching.bucket_length(65, BUCKETS)
 
 
 def test_prompt_buckets():
@@ -59,9 +62,6 @@ def test_prompt_buckets():
   buckets = batching.prompt_buckets(1024)
   for length in range(33, 1025):
     assert batching.bucket_length(length, buckets) < 1.5 * length
-  assert batching.bucket_length(17, BUCKETS) == 32 and batching.bucket_length(16, BUCKETS) == 16
-  with pytest.raises(ValueError, match="exceeds"):
-    batching.bucket_length(65, BUCKETS)
 
 
 def test_batch_contents():

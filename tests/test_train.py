@@ -203,8 +203,7 @@ def test_schedule_warms_up_then_decays_to_zero():
 @pytest.mark.parametrize("mesh_shape", [{"data": 8}, {"fsdp": 8}, {"fsdp": 4, "tensor": 2}])
 def test_sharded_training_matches_one_device(tiny, method, mesh_shape):
   """3 optimizer steps on 8 fake CPU devices give the single-device losses."""
-  if jax.device_count() < 8:
-    pytest.skip("needs XLA_FLAGS=--xla_force_host_platform_device_count=8 (set by tests/conftest.py)")
+  assert jax.device_count() >= 8, "needs XLA_FLAGS=--xla_force_host_platform_device_count=8 (tests/conftest.py)"
   _, cfg, params = tiny
   batch = {k: np.concatenate([v, v]) for k, v in synthetic_batch(cfg.vocab_size).items()}  # 8 rows
   model = M.Llama(cfg)
