@@ -284,7 +284,7 @@ class Attention(nn.Module):
   cfg: LlamaConfig
 
   @nn.compact
-  def __call__(self, x_BTD, cos_BTE, sin_BTE, mask_B1TS, kv_cache, cache_index):
+  def __call__(self, x_BTD, cos_BTE, sin_BTE, mask_B1TS, kv_cache, cache_index, layer_id):
     cfg = self.cfg
     q_BTNE = Projection((cfg.num_heads, cfg.head_dim), (sh.EMBED, sh.HEADS, sh.HEAD_DIM), cfg,
                         cfg.qkv_bias, name="q_proj")(x_BTD)
@@ -295,11 +295,15 @@ class Attention(nn.Module):
     k_BTKE = apply_rope(k_BTKE, cos_BTE, sin_BTE)
     q_BTNE = nn.with_logical_constraint(q_BTNE, (sh.ACT_BATCH, sh.ACT_LEN, sh.ACT_HEADS, None))
 
-    if kv_cache is not None:  # write this chunk into the cache, attend over all its slots
-      cache_k, cache_v = kv_cache
-      k_BSKE = jax.lax.dynamic_update_slice(cache_k, k_BTKE.astype(cache_k.dtype), (0, cache_index, 0, 0))
-      v_BSKE = jax.lax.dynamic_update_slice(cache_v, v_BTKE.astype(cache_v.dtype), (0, cache_index, 0, 0))
-      new_cache = (k_BSKE, v_BSKE)
+    if kv_cache is not None:  # write this chunk into this layer's slots, attend over all of them
+      # Every layer's cache travels whole in the carry and is written in place. Scanning over
+      # per-layer slices instead (xs in, ys out) copies the whole cache at every decode step:
+      # about a quarter of a batch-16 step on CPU.
+      k_LBSKE, v_LBSKE = kv_cache
+      at = (layer_id, 0, cache_index, 0, 0)
+      k_LBSKE = jax.lax.dynamic_update_slice(k_LBSKE, k_BTKE[None].astype(k_LBSKE.dtype), at)
+      v_LBSKE = jax.lax.dynamic_update_slice(v_LBSKE, v_BTKE[None].astype(v_LBSKE.dtype), at)
+      k_BSKE, v_BSKE, new_cache = k_LBSKE[layer_id], v_LBSKE[layer_id], (k_LBSKE, v_LBSKE)
     else:
       k_BSKE, v_BSKE, new_cache = k_BTKE, v_BTKE, None
 
@@ -327,16 +331,18 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-  """One decoder layer. Returns (hidden, (captured MLP output or None, updated kv cache or None))."""
+  """One decoder layer: (hidden, kv cache of all layers or None) -> the same, updated, and the
+  captured MLP output (or None). The carry form is what `nn.scan` scans over."""
   cfg: LlamaConfig
   inject_layer: int = 0
 
   @nn.compact
-  def __call__(self, h_BTD, layer_id, kv_cache, cos_BTE, sin_BTE, mask_B1TS, cache_index,
-               capture_at_B, inject):
+  def __call__(self, carry, layer_id, cos_BTE, sin_BTE, mask_B1TS, cache_index, capture_at_B, inject):
     cfg = self.cfg
-    attn_out, new_cache = Attention(cfg, name="self_attn")(
-        RMSNorm(cfg, name="input_layernorm")(h_BTD), cos_BTE, sin_BTE, mask_B1TS, kv_cache, cache_index)
+    h_BTD, kv_cache = carry
+    attn_out, kv_cache = Attention(cfg, name="self_attn")(
+        RMSNorm(cfg, name="input_layernorm")(h_BTD), cos_BTE, sin_BTE, mask_B1TS, kv_cache, cache_index,
+        layer_id)
     h_BTD = h_BTD + attn_out
     mlp_BTD = MLP(cfg, name="mlp")(RMSNorm(cfg, name="post_attention_layernorm")(h_BTD))
     mlp_BTD = nn.with_logical_constraint(mlp_BTD, (sh.ACT_BATCH, sh.ACT_LEN, sh.ACT_EMBED))
@@ -350,7 +356,7 @@ class Block(nn.Module):
       mlp_BTD = mlp_BTD + jnp.where(hit_BT[..., None], vec_BD[:, None, :], 0).astype(mlp_BTD.dtype)
 
     h_BTD = nn.with_logical_constraint(h_BTD + mlp_BTD, (sh.ACT_BATCH, sh.ACT_LEN, sh.ACT_EMBED))
-    return h_BTD, (captured_BD, new_cache)
+    return (h_BTD, kv_cache), captured_BD
 
 
 def attention_mask(valid_BS: jax.Array, query_slot_T: jax.Array, sliding_window: int | None) -> jax.Array:
@@ -383,7 +389,7 @@ class Llama(nn.Module):
     if cfg.scan_layers:
       self.layers = nn.scan(
           block, variable_axes={"params": 0}, split_rngs={"params": True},
-          in_axes=(0, 0) + (nn.broadcast,) * 6, length=cfg.num_layers,
+          in_axes=(0,) + (nn.broadcast,) * 6, length=cfg.num_layers,
           metadata_params={nn.PARTITION_NAME: sh.LAYERS},
       )(cfg, inject_layer=self.inject_layer)
     else:  # a list attribute names its modules layers_0, layers_1, ...
@@ -426,20 +432,16 @@ class Llama(nn.Module):
 
     h_BTD = self.embed_tokens(tokens_BT)
     h_BTD = nn.with_logical_constraint(h_BTD, (sh.ACT_BATCH, sh.ACT_LEN, sh.ACT_EMBED))
+    carry = (h_BTD, layer_caches)
     if cfg.scan_layers:
-      h_BTD, (captured_LBD, new_caches) = self.layers(
-          h_BTD, jnp.arange(cfg.num_layers), layer_caches, *broadcast_args)
+      carry, captured_LBD = self.layers(carry, jnp.arange(cfg.num_layers), *broadcast_args)
     else:
-      captured, new_k, new_v = [], [], []
+      captured = []
       for i, layer in enumerate(self.layers):
-        layer_cache = None if layer_caches is None else (layer_caches[0][i], layer_caches[1][i])
-        h_BTD, (cap, kv) = layer(h_BTD, i, layer_cache, *broadcast_args)
+        carry, cap = layer(carry, i, *broadcast_args)
         captured.append(cap)
-        if kv is not None:
-          new_k.append(kv[0])
-          new_v.append(kv[1])
       captured_LBD = None if capture_at_B is None else jnp.stack(captured)
-      new_caches = None if cache is None else (jnp.stack(new_k), jnp.stack(new_v))
+    h_BTD, new_caches = carry
 
     new_cache = None
     if cache is not None:

@@ -194,7 +194,9 @@ def load_model():
   rng = np.random.default_rng(0)
   kernel = rng.normal(0, 0.02, (cfg.hidden_size, cfg.num_layers)).astype(np.float32)
   params = {**params, connection.PARAM_NAME: {"kernel": kernel}}
-  return Llama(cfg), params, tokenizer, name
+  # On the device once, as `runtime.load_trained` restores them: host arrays would be copied
+  # in at every call, which slows small batches most (one-at-a-time most of all).
+  return Llama(cfg), jax.device_put(params), tokenizer, name
 
 
 def demo_instructions() -> list[str]:

@@ -91,12 +91,14 @@ def test_zero_injection_is_identity_and_injection_matches_torch(family):
   assert not np.allclose(np.asarray(injected)[real], np.asarray(plain)[real], atol=1e-3)
 
 
-@pytest.mark.parametrize("family_name", ["llama3_rope_scaling", "mistral_sliding_window", "qwen2_bias"])
-def test_cached_decoding_equals_full_forward(family_name, tmp_path):
+@pytest.mark.parametrize("family_name,scan_layers", [("llama3_rope_scaling", True), ("llama3_rope_scaling", False),
+                                                     ("mistral_sliding_window", True), ("qwen2_bias", True)])
+def test_cached_decoding_equals_full_forward(family_name, scan_layers, tmp_path):
   """Prefill a left-padded batch, then feed one token at a time: every step's logits equal
-  those of a full forward pass over the whole prefix (the window slides past 4 here)."""
+  those of a full forward pass over the whole prefix (the window slides past 4 here), with
+  the layers scanned (the cache in the scan's carry) or unrolled."""
   hf_model = ref.make_hf_model(family_name)
-  model, params = load(ref.convert_hf_model(hf_model, tmp_path))
+  model, params = load(ref.convert_hf_model(hf_model, tmp_path), scan_layers=scan_layers)
   B, prompt_len, steps = 3, 6, 6
   rng = np.random.default_rng(0)
   tokens = rng.integers(0, model.cfg.vocab_size, (B, prompt_len + steps)).astype(np.int32)
