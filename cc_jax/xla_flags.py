@@ -54,10 +54,14 @@ def set_cpu_defaults(environ: MutableMapping[str, str] = os.environ) -> list[str
   Call before JAX creates its backend (the first computation); later calls have no effect
   on the running process. Returns the options it added.
   """
-  if not cpu_only(environ):
-    return []
+  return add_flags(CPU_FLAGS, environ) if cpu_only(environ) else []
+
+
+def add_flags(options: dict[str, str], environ: MutableMapping[str, str] = os.environ) -> list[str]:
+  """Appends each `--name=value` of `options` to XLA_FLAGS unless XLA_FLAGS already names the
+  option. Returns the options it added."""
   current = environ.get("XLA_FLAGS", "")
-  added = [f"{name}={value}" for name, value in CPU_FLAGS.items() if name not in current]
+  added = [f"{name}={value}" for name, value in options.items() if name not in current]
   if added:
     environ["XLA_FLAGS"] = " ".join([current, *added]).strip()
   return added

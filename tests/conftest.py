@@ -2,13 +2,11 @@
 
 import os
 
-if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):  # keep other XLA flags
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+from cc_jax import xla_flags  # imports no JAX
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-from cc_jax import xla_flags  # noqa: E402
-
+xla_flags.add_flags({"--xla_force_host_platform_device_count": "8"})  # keeps the user's other XLA flags
 xla_flags.set_cpu_defaults()  # as cc_jax.main does, so tests run what users run
 
 import jax  # noqa: E402
