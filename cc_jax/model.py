@@ -66,7 +66,7 @@ class LlamaConfig:
   param_dtype: str = "float32"  # master weights
   scan_layers: bool = True  # nn.scan over layers: compile time flat in depth
   remat_policy: str = "none"  # one of REMAT_POLICIES
-  attention_impl: str | None = None  # jax.nn.dot_product_attention implementation: xla, cudnn
+  attention_impl: str | None = None  # dot_product_attention implementation without a cache: xla, cudnn
 
   def __post_init__(self):
     if self.num_heads % self.num_kv_heads:
@@ -172,16 +172,16 @@ class KVCache:
   With left padding all sequences of a batch share one write position, so one `index`
   serves the batch; `valid_BS` marks the slots that hold real (non-padding) tokens.
   """
-  k_LBSKE: jax.Array
-  v_LBSKE: jax.Array
+  k_LBKES: jax.Array  # keys with the slot axis last, values with it before head_dim: the
+  v_LBKSE: jax.Array  # layouts the two products of `cached_attention` read without a transpose
   valid_BS: jax.Array  # bool
   index: jax.Array  # int32 scalar: next slot to write
 
   @classmethod
   def init(cls, cfg: LlamaConfig, batch: int, max_len: int) -> "KVCache":
-    shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
-    zeros = jnp.zeros(shape, cfg.jnp_dtype)
-    return cls(zeros, zeros, jnp.zeros((batch, max_len), bool), jnp.zeros((), jnp.int32))
+    L, K, E = cfg.num_layers, cfg.num_kv_heads, cfg.head_dim
+    return cls(jnp.zeros((L, batch, K, E, max_len), cfg.jnp_dtype), jnp.zeros((L, batch, K, max_len, E), cfg.jnp_dtype),
+               jnp.zeros((batch, max_len), bool), jnp.zeros((), jnp.int32))
 
 
 @flax.struct.dataclass
@@ -280,6 +280,34 @@ class Projection(nn.Module):
     return y
 
 
+def cached_attention(q_BTNE, k_BKES, v_BKSE, mask_B1TS, scale: float):
+  """Grouped-query attention of a chunk over one layer's cache, computed as
+  jax.nn.dot_product_attention's XLA path does (float32 scores and softmax, the same large
+  negative for masked keys).
+
+  Written out because the cache keeps keys as (B, K, E, S) and values as (B, K, S, E), the
+  layouts the two batched products read directly. With dot_product_attention's (B, S, K, E)
+  inputs XLA transposes every layer's keys and values at every decode step: on CPU, a
+  SmolLM2 batch-16 decode step went from 126 to 105 ms with this layout (docs/benchmarks.md).
+  """
+  B, T, N, E = q_BTNE.shape
+  K = k_BKES.shape[1]
+  G = N // K  # query heads per kv head: query head n reads kv head n // G, as transformers' repeat_kv
+  q_BKME = q_BTNE.reshape(B, T, K, G, E).transpose(0, 2, 3, 1, 4).reshape(B, K, G * T, E)  # M = (G, T)
+  logits_dtype = jnp.promote_types(q_BTNE.dtype, jnp.float32)
+  precision = jax.lax.DotAlgorithmPreset.BF16_BF16_F32 if q_BTNE.dtype == jnp.bfloat16 else None
+  batch = ((0, 1), (0, 1))
+  scores_BKMS = jax.lax.dot_general(q_BKME, k_BKES, (((3,), (2,)), batch), precision=precision,
+                                    preferred_element_type=logits_dtype) * jnp.asarray(scale, logits_dtype)
+  S = scores_BKMS.shape[-1]
+  mask_B1MS = jnp.broadcast_to(mask_B1TS[:, :, None], (B, 1, G, T, S)).reshape(B, 1, G * T, S)
+  big_negative = jnp.asarray(-0.7 * jnp.finfo(jnp.float32).max, jnp.float32)
+  scores_BKMS = jnp.where(mask_B1MS, scores_BKMS.astype(jnp.float32), big_negative)
+  probs_BKMS = jax.nn.softmax(scores_BKMS, axis=-1).astype(k_BKES.dtype)
+  out_BKME = jax.lax.dot_general(probs_BKMS, v_BKSE, (((3,), (2,)), batch))
+  return out_BKME.reshape(B, K, G, T, E).transpose(0, 3, 1, 2, 4).reshape(B, T, N, E)
+
+
 class Attention(nn.Module):
   cfg: LlamaConfig
 
@@ -299,19 +327,20 @@ class Attention(nn.Module):
       # Every layer's cache travels whole in the carry and is written in place. Scanning over
       # per-layer slices instead (xs in, ys out) copies the whole cache at every decode step:
       # about a quarter of a batch-16 step on CPU.
-      k_LBSKE, v_LBSKE = kv_cache
-      at = (layer_id, 0, cache_index, 0, 0)
-      k_LBSKE = jax.lax.dynamic_update_slice(k_LBSKE, k_BTKE[None].astype(k_LBSKE.dtype), at)
-      v_LBSKE = jax.lax.dynamic_update_slice(v_LBSKE, v_BTKE[None].astype(v_LBSKE.dtype), at)
-      k_BSKE, v_BSKE, new_cache = k_LBSKE[layer_id], v_LBSKE[layer_id], (k_LBSKE, v_LBSKE)
+      k_LBKES, v_LBKSE = kv_cache
+      k_LBKES = jax.lax.dynamic_update_slice(
+          k_LBKES, k_BTKE.transpose(0, 2, 3, 1)[None].astype(k_LBKES.dtype), (layer_id, 0, 0, 0, cache_index))
+      v_LBKSE = jax.lax.dynamic_update_slice(
+          v_LBKSE, v_BTKE.transpose(0, 2, 1, 3)[None].astype(v_LBKSE.dtype), (layer_id, 0, 0, cache_index, 0))
+      new_cache = (k_LBKES, v_LBKSE)
+      out_BTNE = cached_attention(q_BTNE, k_LBKES[layer_id], v_LBKSE[layer_id], mask_B1TS, cfg.head_dim**-0.5)
     else:
-      k_BSKE, v_BSKE, new_cache = k_BTKE, v_BTKE, None
-
-    # Grouped-query attention is native to dot_product_attention (K divides N); softmax
-    # runs in float32 inside it.
-    out_BTNE = jax.nn.dot_product_attention(
-        q_BTNE, k_BSKE, v_BSKE, mask=mask_B1TS, scale=cfg.head_dim**-0.5,
-        implementation=cfg.attention_impl)
+      new_cache = None
+      # Grouped-query attention is native to dot_product_attention (K divides N); softmax
+      # runs in float32 inside it.
+      out_BTNE = jax.nn.dot_product_attention(
+          q_BTNE, k_BTKE, v_BTKE, mask=mask_B1TS, scale=cfg.head_dim**-0.5,
+          implementation=cfg.attention_impl)
     out_BTD = Projection((cfg.hidden_size,), (sh.HEADS, sh.HEAD_DIM, sh.EMBED), cfg, cfg.o_bias,
                          contract=2, name="o_proj")(out_BTNE)
     return out_BTD, new_cache
@@ -425,7 +454,7 @@ class Llama(nn.Module):
       index = cache.index
       valid_BS = jax.lax.dynamic_update_slice(cache.valid_BS, mask_BT, (0, index))
       query_slot_T = index + jnp.arange(T)
-      layer_caches = (cache.k_LBSKE, cache.v_LBSKE)
+      layer_caches = (cache.k_LBKES, cache.v_LBKSE)
     mask_B1TS = attention_mask(valid_BS, query_slot_T, cfg.sliding_window)
     cos_BTE, sin_BTE = rope_cos_sin(cfg, positions_BT)
     broadcast_args = (cos_BTE, sin_BTE, mask_B1TS, index, capture_at_B, inject)

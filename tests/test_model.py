@@ -118,6 +118,31 @@ def test_cached_decoding_equals_full_forward(family_name, scan_layers, tmp_path)
                                err_msg=f"step {t}")
 
 
+@pytest.mark.parametrize("T", [1, 5])
+def test_cached_attention_equals_numpy(T):
+  """cached_attention (keys stored (B, K, E, S), values (B, K, S, E)) against grouped-query
+  attention in float64 numpy, where query head n reads kv head n // G (transformers'
+  repeat_kv). Row 1 has every key masked for its first query, which both give the mean of
+  the values (uniform weights over the same large negative)."""
+  B, S, N, K, E = 2, 7, 6, 2, 4
+  rng = np.random.default_rng(0)
+  q = rng.normal(size=(B, T, N, E)).astype(np.float32)
+  k = rng.normal(size=(B, S, K, E)).astype(np.float32)
+  v = rng.normal(size=(B, S, K, E)).astype(np.float32)
+  mask = rng.random((B, 1, T, S)) < 0.7
+  mask[1, 0, 0] = False
+  out = M.cached_attention(q, k.transpose(0, 2, 3, 1), v.transpose(0, 2, 1, 3), mask, E**-0.5)
+
+  kv_head = np.arange(N) // (N // K)
+  scores = np.einsum("btne,bsne->bnts", q.astype(np.float64), k[:, :, kv_head].astype(np.float64)) * E**-0.5
+  scores = np.where(mask, scores, -0.7 * np.finfo(np.float32).max)
+  weights = np.exp(scores - scores.max(-1, keepdims=True))
+  weights /= weights.sum(-1, keepdims=True)
+  expected = np.einsum("bnts,bsne->btne", weights, v[:, :, kv_head].astype(np.float64))
+  np.testing.assert_allclose(np.asarray(out), expected, atol=1e-5, rtol=0)
+  np.testing.assert_allclose(np.asarray(out)[1, 0], v[1].mean(0)[kv_head], atol=1e-5, rtol=0)
+
+
 def test_causality(tmp_path):
   """The loss at position t has exactly zero gradient w.r.t. embeddings of positions > t."""
   model, params = load(ref.convert_hf_model(ref.make_hf_model("llama2_mha"), tmp_path))
