@@ -3,7 +3,7 @@
   # the issue's shapes: batch 1, 512-token prompt, 40 new tokens; 32 chat prompts, batch 16 vs 1
   python launch/bench_inference.py
   # more timed repeats, other batch sizes, nothing written
-  python launch/bench_inference.py --repeats=9 --batch_sizes=8,16,32 --out=
+  python launch/bench_inference.py --repeats=25 --batch_sizes=8,16,32 --out=
   # a quick smoke run on a tiny random model (SmolLM2's tokenizer), nothing written
   python launch/bench_inference.py --model=tiny --out=
 
@@ -49,7 +49,8 @@ flags.DEFINE_enum("model", "smollm2", ["smollm2", "tiny"],
                   "tiny: a random 2-layer model with SmolLM2's tokenizer, for a smoke run.")
 flags.DEFINE_integer("prompt_len", 512, "Part A: prompt tokens (batch 1).")
 flags.DEFINE_integer("new_tokens", 40, "New tokens per example (the paper's max_new_tokens).")
-flags.DEFINE_integer("repeats", 7, "Part A: timed runs per variant (after one warm-up run).")
+flags.DEFINE_integer("repeats", 15, "Part A: timed runs per variant (after one warm-up run). cc costs one "
+                     "token more than plain (~2%) and single runs vary by ~10% on a shared machine.")
 flags.DEFINE_integer("eval_prompts", 32, "Part B: number of prompts (the demo test instructions).")
 flags.DEFINE_list("batch_sizes", ["8", "16", "32"], "Part B: batch sizes timed against batch size 1.")
 flags.DEFINE_integer("eval_batch_size", 16, "Part B: the batch size the target is checked at "
