@@ -13,6 +13,7 @@ Decoding is greedy and selection argmax by default, so a run is deterministic.
 from __future__ import annotations
 
 import dataclasses
+import os
 import pathlib
 from typing import Sequence
 
@@ -25,6 +26,7 @@ from cc_jax import batching, benchmarks, data, generate, metrics, report, runtim
 from cc_jax.benchmarks import EvalExample
 
 MODES = ("plain", "matrix", "identity", "oracle")
+PREFIX_STEP = 8  # shared prefixes are cut to a multiple of this
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +41,7 @@ class EvalOptions:
   max_new_tokens: int = 40  # the paper's
   max_prompt_len: int = 1024  # longer prompts keep their head and the generation prompt
   stop_strings: tuple[str, ...] = ()  # cut each prediction at the first of these
+  shared_prefix: bool = True  # prefill the tokens every prompt opens with once per run, not per prompt
   label: str = ""  # method name in the tables; "" = the run's method (+ mode)
 
   def __post_init__(self):
@@ -97,6 +100,19 @@ class Generator:
     ids = data.encode_prompts(self.trained.tokenizer, self.fmt, list(prompts))
     return [data.cut_prompt(p, self.options.max_prompt_len, self.tail) for p in ids]
 
+  def shared_prefix(self, prompt_ids: Sequence[Sequence[int]]) -> list[int]:
+    """The tokens all `prompt_ids` open with, cut to a multiple of PREFIX_STEP (fewer compiled
+    shapes) and leaving each prompt at least its last token (the anchor); [] when off."""
+    if not (self.options.shared_prefix and prompt_ids):
+      return []
+    common = os.path.commonprefix([list(p) for p in prompt_ids])
+    length = min(len(common), min(len(p) for p in prompt_ids) - 1)
+    length -= length % PREFIX_STEP
+    window = self.trained.model.cfg.sliding_window  # the cache must fit in it (generate._fresh_cache)
+    if window is not None and length + self.options.max_prompt_len + self.options.max_new_tokens > window:
+      return []
+    return common[:length]
+
   def run(self, prompt_ids: list[list[int]], mode: str, english_ids: list[list[int]] | None = None,
           progress=None) -> list[str]:
     """Predictions for `prompt_ids`, in order. Batches are sorted by length (less padding);
@@ -104,15 +120,17 @@ class Generator:
     order = sorted(range(len(prompt_ids)), key=lambda i: (len(prompt_ids[i]), i))
     size = self.options.batch_size
     texts: list[str | None] = [None] * len(prompt_ids)
+    prefix_ids = self.shared_prefix(prompt_ids)
+    prefix = generate.prefill_prefix(self.trained.model, self.trained.params, prefix_ids) if prefix_ids else None
     for start in range(0, len(order), size):
       rows = order[start:start + size]
       real = len(rows)
       rows = rows + [rows[-1]] * (size - real)
-      tokens, mask = generate.left_pad([prompt_ids[i] for i in rows], self.pad_id, self.buckets)
+      tokens, mask = generate.left_pad([prompt_ids[i][len(prefix_ids):] for i in rows], self.pad_id, self.buckets)
       english = None
       if mode == "oracle":
         english = generate.left_pad([english_ids[i] for i in rows], self.pad_id, self.buckets)
-      new, lengths = self._generate(tokens, mask, mode, english)
+      new, lengths = self._generate(tokens, mask, mode, english, prefix)
       new, lengths = np.asarray(new), np.asarray(lengths)
       for j in range(real):
         ids = new[j, :lengths[j]].tolist()
@@ -123,13 +141,13 @@ class Generator:
         progress.update(real)
     return texts
 
-  def _generate(self, tokens, mask, mode: str, english):
+  def _generate(self, tokens, mask, mode: str, english, prefix):
     trained, n = self.trained, self.options.max_new_tokens
     if mode == "plain":
-      return generate.generate(trained.model, trained.params, tokens, mask, self.eos, max_new_tokens=n)
+      return generate.generate(trained.model, trained.params, tokens, mask, self.eos, prefix=prefix, max_new_tokens=n)
     matrix = self.matrix if mode == "matrix" else None
     return generate.cc_generate(trained.model, trained.params, tokens, mask, self.eos, matrix, english,
-                                max_new_tokens=n)
+                                prefix=prefix, max_new_tokens=n)
 
   def _cut(self, text: str) -> str:
     for stop in self.options.stop_strings:

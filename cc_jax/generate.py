@@ -6,6 +6,12 @@ outputs before it can inject; since attention is causal and the anchor is the la
 token, injection changes nothing before it. So the prefill captures the activations, the
 anchor alone is recomputed with the injection over the prefill's cache, and decoding goes
 on: the cost of plain generation plus one token, instead of the authors' second full pass.
+
+A run's prompts usually open with the same tokens (the chat template's system turn, a
+benchmark's instruction). `prefill_prefix` computes that prefix's keys and values once;
+generation then starts from a cache holding them in its first slots and prefills only the
+rest of each prompt, left-padded after them (positions are explicit, so the gap of padding
+between a short prompt's prefix and the rest of it changes nothing).
 """
 
 from __future__ import annotations
@@ -87,12 +93,55 @@ def decode(model: Llama, params, cache: KVCache, logits_BV, last_position_B, eos
   return tokens_BN, lengths_B.astype(jnp.int32)
 
 
-def _prefill(model: Llama, params, tokens_BT, mask_BT, cache_len: int, capture: bool):
-  """Fills a fresh cache with the prompt; optionally captures the anchor's MLP outputs."""
+@functools.partial(jax.jit, static_argnames=("model",))
+def prefill_prefix(model: Llama, params, prefix_ids) -> KVCache:
+  """The cache of a prompt prefix that every prompt of a run shares, for one row.
+
+  Args:
+    model, params: the decoder (a `source_select` entry in params is ignored).
+    prefix_ids: int32 (P,) token ids, P >= 1: what each prompt passed with this prefix omits.
+  """
+  tokens_1P = jnp.asarray(prefix_ids, jnp.int32)[None]
+  P = tokens_1P.shape[1]
+  out = model.apply({"params": model_params(params)}, tokens_1P, jnp.arange(P)[None], jnp.ones_like(tokens_1P),
+                    cache=KVCache.init(model.cfg, 1, P), compute_logits=False)
+  return out.cache
+
+
+def _prefix_len(prefix: KVCache | None) -> int:
+  return 0 if prefix is None else prefix.valid_BS.shape[1]
+
+
+def _fresh_cache(cfg, batch: int, length: int, prefix: KVCache | None) -> KVCache:
+  """A cache with `length` free slots, after the prefix's slots when there is a prefix."""
+  if prefix is None:
+    return KVCache.init(cfg, batch, length)
+  P = _prefix_len(prefix)
+  if cfg.sliding_window is not None and P + length > cfg.sliding_window:
+    # The mask measures the window in cache slots, and a left-padded row's slots skip its
+    # padding after the prefix: the window would shut out prefix keys too early.
+    raise ValueError(f"a shared prefix needs the whole cache ({P} + {length} slots) inside the model's "
+                     f"sliding window ({cfg.sliding_window}); generate without the prefix")
+  cache = KVCache.init(cfg, batch, P + length)
+  L, _, K, E, _ = prefix.k_LBKES.shape
+  return cache.replace(
+      k_LBKES=cache.k_LBKES.at[..., :P].set(jnp.broadcast_to(prefix.k_LBKES, (L, batch, K, E, P))),
+      v_LBKSE=cache.v_LBKSE.at[:, :, :, :P].set(jnp.broadcast_to(prefix.v_LBKSE, (L, batch, K, P, E))),
+      valid_BS=cache.valid_BS.at[:, :P].set(True), index=jnp.asarray(P, jnp.int32))
+
+
+def _positions(mask_BT, prefix: KVCache | None):
+  """Rotary positions of the (rest of the) prompts: they count on from the prefix."""
+  return left_pad_positions(mask_BT) + _prefix_len(prefix)
+
+
+def _prefill(model: Llama, params, tokens_BT, mask_BT, length: int, capture: bool, prefix: KVCache | None = None):
+  """Fills a fresh cache (after `prefix`, if given) with the prompts; optionally captures the
+  anchor's MLP outputs."""
   B, T = tokens_BT.shape
-  cache = KVCache.init(model.cfg, B, cache_len)
+  cache = _fresh_cache(model.cfg, B, length, prefix)
   anchor_B = jnp.full((B,), T - 1, jnp.int32) if capture else None
-  return model.apply({"params": params}, tokens_BT, left_pad_positions(mask_BT), mask_BT, cache=cache,
+  return model.apply({"params": params}, tokens_BT, _positions(mask_BT, prefix), mask_BT, cache=cache,
                      capture_at_B=anchor_B, compute_logits=False)
 
 
@@ -101,8 +150,8 @@ def _last_logits(model: Llama, params, hidden_BTD):
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "sampling"))
-def generate(model: Llama, params, tokens_BT, mask_BT, eos_ids, rng=None, *, max_new_tokens: int,
-             sampling: Sampling = Sampling()):
+def generate(model: Llama, params, tokens_BT, mask_BT, eos_ids, rng=None, prefix: KVCache | None = None, *,
+             max_new_tokens: int, sampling: Sampling = Sampling()):
   """Plain generation for a left-padded batch (an `sft` model, or a cc model without connection).
 
   Args:
@@ -110,6 +159,8 @@ def generate(model: Llama, params, tokens_BT, mask_BT, eos_ids, rng=None, *, max
     tokens_BT, mask_BT: left-padded prompt ids and their mask (int32).
     eos_ids: int32 ids that end a sequence (may be empty).
     rng: PRNG key for sampling (unused when greedy).
+    prefix: `prefill_prefix` of the tokens that every prompt opens with and that tokens_BT
+      leave out; None when tokens_BT are whole prompts.
     max_new_tokens, sampling: static decoding settings.
 
   Returns:
@@ -117,9 +168,9 @@ def generate(model: Llama, params, tokens_BT, mask_BT, eos_ids, rng=None, *, max
   """
   params = model_params(params)
   T = tokens_BT.shape[1]
-  out = _prefill(model, params, tokens_BT, mask_BT, T + max_new_tokens, capture=False)
+  out = _prefill(model, params, tokens_BT, mask_BT, T + max_new_tokens, capture=False, prefix=prefix)
   return decode(model, params, out.cache, _last_logits(model, params, out.hidden_BTD),
-                left_pad_positions(mask_BT)[:, -1], eos_ids, max_new_tokens, sampling, rng)
+                _positions(mask_BT, prefix)[:, -1], eos_ids, max_new_tokens, sampling, rng)
 
 
 def greedy_generate(model: Llama, params, tokens_BT, mask_BT, eos_ids, *, max_new_tokens: int):
@@ -128,7 +179,8 @@ def greedy_generate(model: Llama, params, tokens_BT, mask_BT, eos_ids, *, max_ne
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "sampling", "selection", "reuse_cache"))
-def cc_generate(model: Llama, params, tokens_BT, mask_BT, eos_ids, matrix=None, english=None, rng=None, *,
+def cc_generate(model: Llama, params, tokens_BT, mask_BT, eos_ids, matrix=None, english=None, rng=None,
+                prefix: KVCache | None = None, *,
                 max_new_tokens: int, sampling: Sampling = Sampling(),
                 selection: ConnectionConfig = ConnectionConfig(selection="argmax"), reuse_cache: bool = True):
   """CC-Tuning inference (REFERENCE.md §4) for a left-padded batch.
@@ -142,6 +194,7 @@ def cc_generate(model: Llama, params, tokens_BT, mask_BT, eos_ids, matrix=None, 
     english: optional (tokens, mask) of left-padded parallel English prompts: the oracle
       mode, taking the real English activations instead of the simulated ones.
     rng: PRNG key for Gumbel selection and sampling.
+    prefix: as for `generate` (the English prompts of the oracle mode are always whole).
     max_new_tokens, sampling: decoding settings.
     selection: argmax (default, deterministic) or gumbel (the authors' noisy inference).
     reuse_cache: True recomputes only the anchor over the prefill cache; False runs the
@@ -154,8 +207,7 @@ def cc_generate(model: Llama, params, tokens_BT, mask_BT, eos_ids, matrix=None, 
   select_rng, sample_rng = jax.random.split(rng)
   decoder = model_params(params)
   B, T = tokens_BT.shape
-  cache_len = T + max_new_tokens
-  out = _prefill(model, decoder, tokens_BT, mask_BT, cache_len, capture=True)
+  out = _prefill(model, decoder, tokens_BT, mask_BT, T + max_new_tokens, capture=True, prefix=prefix)
   if english is not None:
     en_tokens, en_mask = english
     source_LBD = _prefill(model, decoder, en_tokens, en_mask, en_tokens.shape[1], capture=True).captured_LBD
@@ -167,7 +219,7 @@ def cc_generate(model: Llama, params, tokens_BT, mask_BT, eos_ids, matrix=None, 
   noise_BL = connection.gumbel_noise(select_rng, (B, model.cfg.num_layers))
   vector_BD, _, _ = connection.connect(params[connection.PARAM_NAME]["kernel"], source_LBD.astype(model.cfg.jnp_dtype),
                                        anchor_embed_BD, noise_BL, selection)
-  positions_BT = left_pad_positions(mask_BT)
+  positions_BT = _positions(mask_BT, prefix)
 
   if reuse_cache:
     # Rewind the cache by one slot and recompute the anchor with the injection: every
@@ -176,7 +228,7 @@ def cc_generate(model: Llama, params, tokens_BT, mask_BT, eos_ids, matrix=None, 
     out = model.apply({"params": decoder}, tokens_BT[:, -1:], positions_BT[:, -1:], mask_BT[:, -1:], cache=cache,
                       inject=(vector_BD, jnp.zeros((B,), jnp.int32)), compute_logits=False)
   else:
-    cache = KVCache.init(model.cfg, B, cache_len)
+    cache = _fresh_cache(model.cfg, B, T + max_new_tokens, prefix)
     out = model.apply({"params": decoder}, tokens_BT, positions_BT, mask_BT, cache=cache,
                       inject=(vector_BD, jnp.full((B,), T - 1, jnp.int32)), compute_logits=False)
   return decode(model, decoder, out.cache, _last_logits(model, decoder, out.hidden_BTD), positions_BT[:, -1],

@@ -60,7 +60,8 @@ def evaluate(config, workdir) -> None:
   options = ev.EvalOptions(
       source=e.source, benchmarks=tuple(e.benchmarks), languages=tuple(e.languages), limit=e.limit, seed=e.seed,
       modes=tuple(e.modes), batch_size=e.batch_size, max_new_tokens=e.max_new_tokens,
-      max_prompt_len=e.max_prompt_len, stop_strings=tuple(e.stop_strings), label=e.label)
+      max_prompt_len=e.max_prompt_len, stop_strings=tuple(e.stop_strings), shared_prefix=e.shared_prefix,
+      label=e.label)
   out_dir = pathlib.Path(e.out_dir or pathlib.Path(workdir) / "eval")
   records = ev.evaluate_run(workdir, options, out_dir, step=e.step or None, progress=config.log.progress_bar)
   print(f"{len(records)} predictions scored; table in {out_dir / 'results.md'}, chart in {out_dir / 'results.png'}")

@@ -129,6 +129,7 @@ def get_config() -> config_dict.ConfigDict:
   c.eval.max_new_tokens = 40  # the paper's
   c.eval.max_prompt_len = 1024  # longer prompts keep their head and the generation prompt
   c.eval.stop_strings = ()  # cut each prediction at the first of these strings
+  c.eval.shared_prefix = True  # prefill the tokens all of a benchmark's prompts open with once, not per prompt
   c.eval.label = ""  # method name in the tables; "" = the run's method and mode
   c.eval.out_dir = ""  # "" = <workdir>/eval
   c.eval.step = 0  # checkpoint step; 0 = latest

@@ -1,6 +1,9 @@
 """Generation: cached CC inference equals the authors' two-pass procedure token for token,
 batched equals one-at-a-time, and plain greedy decoding equals transformers'."""
 
+import dataclasses
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -77,6 +80,60 @@ def test_batched_equals_one_at_a_time(tiny, cc):
                                   np.asarray(batched)[row, :int(lengths[row])])
 
 
+def prompts_with_shared_opening(vocab):
+  """(the shared 7 tokens, four prompts that open with them; one is only 1 token longer)."""
+  shared = prompts(vocab, (7,), seed=3)[0]
+  return shared, [shared + rest for rest in prompts(vocab, (9, 1, 13, 4))]
+
+
+@pytest.mark.parametrize("mode", ["plain", "cc", "cc_two_pass"])
+def test_shared_prefix_equals_whole_prompts(tiny, mode):
+  """Prompts that open with the same tokens: prefilling those once (`prefill_prefix`) and
+  only the rest per prompt gives the tokens of whole-prompt generation."""
+  _, cfg, params = tiny
+  model = M.Llama(cfg)
+  eos = np.array([5], np.int32)
+  shared, items = prompts_with_shared_opening(cfg.vocab_size)
+  matrix = np.random.default_rng(1).normal(0, 0.3, (cfg.hidden_size, cfg.hidden_size)).astype(np.float32)
+  if mode == "plain":
+    run = functools.partial(generate.generate, max_new_tokens=NEW)
+  else:
+    run = functools.partial(generate.cc_generate, matrix=matrix, max_new_tokens=NEW,
+                            reuse_cache=mode == "cc")
+  whole = run(model, params, *generate.left_pad(items, pad_id=0), eos)
+  prefix = generate.prefill_prefix(model, params, np.asarray(shared, np.int32))
+  rests = generate.left_pad([item[len(shared):] for item in items], pad_id=0)
+  reused = run(model, params, *rests, eos, prefix=prefix)
+  np.testing.assert_array_equal(np.asarray(reused[0]), np.asarray(whole[0]))
+  np.testing.assert_array_equal(np.asarray(reused[1]), np.asarray(whole[1]))
+
+
+def test_shared_prefix_prefill_gives_the_anchor_states_of_whole_prompts(tiny):
+  """The token test above can pass by luck (a tiny model's greedy choices are robust to small
+  errors); the anchor's final hidden state and captured MLP outputs cannot."""
+  from cc_jax.train import model_params
+  _, cfg, params = tiny
+  model, decoder = M.Llama(cfg), model_params(params)
+  shared, items = prompts_with_shared_opening(cfg.vocab_size)
+  tokens, mask = generate.left_pad(items, pad_id=0)
+  whole = generate._prefill(model, decoder, tokens, mask, tokens.shape[1], capture=True)
+  prefix = generate.prefill_prefix(model, params, np.asarray(shared, np.int32))
+  rest_tokens, rest_mask = generate.left_pad([item[len(shared):] for item in items], pad_id=0)
+  reused = generate._prefill(model, decoder, rest_tokens, rest_mask, rest_tokens.shape[1], capture=True, prefix=prefix)
+  np.testing.assert_allclose(np.asarray(reused.hidden_BTD[:, -1]), np.asarray(whole.hidden_BTD[:, -1]),
+                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(reused.captured_LBD), np.asarray(whole.captured_LBD), rtol=1e-5, atol=1e-5)
+
+
+def test_shared_prefix_needs_the_cache_inside_the_sliding_window(tiny):
+  _, cfg, params = tiny
+  model = M.Llama(dataclasses.replace(cfg, sliding_window=16))
+  prefix = generate.prefill_prefix(model, params, np.arange(1, 8, dtype=np.int32))
+  tokens, mask = generate.left_pad(prompts(cfg.vocab_size), pad_id=0)  # 7 + 13 + NEW slots > 16
+  with pytest.raises(ValueError, match="sliding window"):
+    generate.generate(model, params, tokens, mask, np.zeros((0,), np.int32), prefix=prefix, max_new_tokens=NEW)
+
+
 def test_greedy_equals_transformers_generate_with_eos(tiny):
   hf_model, cfg, params = tiny
   model = M.Llama(cfg)
@@ -139,3 +196,26 @@ def test_smollm2_cached_cc_equals_two_passes(smollm2_dir, smollm2_hf):
   fast = generate.cc_generate(model, params, tokens, mask, eos, max_new_tokens=16)
   slow = generate.cc_generate(model, params, tokens, mask, eos, max_new_tokens=16, reuse_cache=False)
   np.testing.assert_array_equal(np.asarray(fast[0]), np.asarray(slow[0]))
+
+
+def test_smollm2_evaluation_prefills_the_chat_template_once(smollm2_dir, smollm2_hf):
+  """Evaluation's shared prefix on real chat prompts: SmolLM2's system turn is prefilled once,
+  and every prediction equals the one from whole prompts (plain and cc, batch 3 and 1)."""
+  from configs import base
+  from cc_jax import evaluate, runtime
+  _, tokenizer = smollm2_hf
+  cfg = convert.load_config(smollm2_dir)
+  params = with_decision_maker(convert.load_params(smollm2_dir), cfg, scale=0.5)
+  trained = runtime.TrainedModel(base.get_config(), M.Llama(cfg), params, tokenizer, checkpoint="")
+  texts = ["Combien font 7 fois 6 ?", "Сколько будет 12 плюс 30? Ответьте числом.", "3加4等于多少？"]
+  generators = {(b, shared): evaluate.Generator(trained, evaluate.EvalOptions(
+      source="test", batch_size=b, max_new_tokens=12, shared_prefix=shared)) for b in (1, 3) for shared in (False, True)}
+  ids = generators[1, True].encode(texts)
+  prefix = generators[1, True].shared_prefix(ids)
+  assert tokenizer.decode(prefix).startswith("<|im_start|>system\nYou are a helpful AI assistant")
+  assert len(prefix) >= 16 and len(prefix) % evaluate.PREFIX_STEP == 0
+  assert generators[1, False].shared_prefix(ids) == []
+  for mode in ("plain", "identity"):
+    outputs = {key: gen.run(ids, mode) for key, gen in generators.items()}
+    assert all(o == outputs[1, False] for o in outputs.values()), (mode, outputs)
+    assert all(outputs[1, False]), outputs
