@@ -84,7 +84,8 @@ def score(example: EvalExample, prediction: str) -> dict[str, float] | None:
 
 
 class Generator:
-  """Encodes prompts with the run's chat template and generates in fixed-shape batches."""
+  """Encodes prompts with the run's chat template and generates in fixed-shape batches, after
+  prefilling the prompts' shared opening once (`shared_prefix`)."""
 
   def __init__(self, trained: runtime.TrainedModel, options: EvalOptions, matrix=None):
     self.trained, self.options, self.matrix = trained, options, matrix

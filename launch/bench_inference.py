@@ -420,10 +420,10 @@ def table_a(a: dict) -> str:
   return "\n".join(lines)
 
 
-def prefix_text(prefix_len: int) -> str:
+def padding_text(prefix_len: int) -> str:
   if not prefix_len:
-    return "no shared prefix, "
-  return f"the first {prefix_len}, which all share, prefilled once per pass, "
+    return "padded to"
+  return f"the first {prefix_len}, which all share, prefilled once per pass, the rest padded to"
 
 
 def table_b(b: dict) -> str:
@@ -433,7 +433,7 @@ def table_b(b: dict) -> str:
   lines = [
       f"**B. Batched evaluation against one at a time**: {b['n']} demo test instructions rendered with "
       f"the chat template ({min(b['lengths'])}–{max(b['lengths'])} tokens; "
-      f"{prefix_text(b['prefix_len'])}the rest padded to bucket(s) "
+      f"{padding_text(b['prefix_len'])} bucket(s) "
       f"{', '.join(map(str, b['buckets']))}), `evaluate.Generator` in plain mode, greedy, "
       f"{FLAGS.new_tokens} new tokens, EOS ids {sorted(set(b['eos']))} (stops once every row has ended); median of "
       f"{FLAGS.eval_repeats} passes after a warm-up pass per batch size. `CPU s` is this process's "
