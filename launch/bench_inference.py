@@ -25,9 +25,9 @@ the demo test instructions as prompts, plain greedy generation, at each batch si
 batch size 1 (one example at a time), after a warm-up pass that compiles every shape.
 
 Timings on a shared machine are disturbed by other heavy processes, so before each timed
-round the script waits (up to --quiet_wait seconds in all) until no `bench_train_step` or
-`pytest` process runs and other processes use little CPU (from /proc/stat), re-runs a round
-during which either happened, and reports both.
+round the script waits (up to --quiet_wait seconds in all) until other processes use little
+CPU (from /proc/stat), re-runs a round during which they did, and reports both
+(launch/shared_machine.py).
 """
 
 import dataclasses
@@ -37,13 +37,14 @@ import os
 import pathlib
 import platform
 import statistics
-import subprocess
 import sys
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # run from any directory
 
 from absl import app, flags  # noqa: E402
+
+from shared_machine import Quiet, steal_s, timed_rounds  # noqa: E402  (launch/, beside this script)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("model", "smollm2", ["smollm2", "tiny"],
@@ -76,103 +77,7 @@ TARGET_CC = 1.10  # cc/plain at most
 OVERHEAD_SHARE = 0.1  # cc's overhead at most this share of the two-pass procedure's
 AUTHORS_TWO_PASS = 1.26  # the authors' two-pass procedure / plain, measured on this CPU (the issue)
 TARGET_BATCHED = 4.0  # examples/s batched over one at a time, at least
-BUSY_PATTERN = "bench_train_step|pytest"
 OTHERS_MAX_CORES = 0.2  # CPU cores other processes may use on average during a timed round
-
-
-# --- Waiting for a quiet machine -----------------------------------------------------------
-def proc_stat_cpu() -> list[int]:
-  """The machine's CPU time counters (user, nice, system, idle, iowait, irq, softirq, steal,
-  ...) in clock ticks, from the first line of /proc/stat."""
-  return [int(x) for x in pathlib.Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-
-
-class Quiet:
-  """Keeps timings away from other work on the machine: waits before a timed round while
-  another benchmark or test runs (a process matching BUSY_PATTERN) or other processes use
-  more than OTHERS_MAX_CORES of CPU, and tells whether either happened during the round."""
-
-  def __init__(self, max_wait: int):
-    self.max_wait = max_wait
-    self.waited_s = 0.0  # total time spent waiting
-    self.discarded = 0  # timed rounds thrown away because other work ran meanwhile
-    self.kept_disturbed = 0  # disturbed rounds kept once the re-runs were used up
-    self.gave_up = False
-    self._mark = None
-
-  @staticmethod
-  def _cpu_s() -> tuple[float, float, float]:
-    """(wall, busy CPU seconds of the whole machine, CPU seconds of this process)."""
-    fields = proc_stat_cpu()
-    idle = fields[3] + fields[4]  # idle + iowait
-    busy = (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # up to steal; guest is inside user
-    own = os.times()
-    return time.perf_counter(), busy, own.user + own.system + own.children_user + own.children_system
-
-  def start(self) -> None:
-    self._mark = self._cpu_s()
-
-  def others_cores(self) -> float:
-    """Average CPU cores used by other processes since `start()`."""
-    (w0, b0, o0), (w1, b1, o1) = self._mark, self._cpu_s()
-    return max(0.0, (b1 - b0) - (o1 - o0)) / max(w1 - w0, 1e-9)
-
-  def busy(self) -> list[str]:
-    """Why the machine is not quiet now (empty if it is), judged since the last `start()`."""
-    found = subprocess.run(["pgrep", "-f", BUSY_PATTERN], capture_output=True, text=True).stdout.split()
-    reasons = [f"pid {pid}" for pid in found if int(pid) != os.getpid()]
-    if self._mark is not None and (cores := self.others_cores()) > OTHERS_MAX_CORES:
-      reasons.append(f"other processes used {cores:.2f} cores")
-    return reasons
-
-  def wait(self, phase: str) -> None:
-    start = time.perf_counter()
-    while self.max_wait:
-      self.start()
-      time.sleep(3)
-      busy = self.busy()
-      if not busy or self.waited_s + time.perf_counter() - start >= self.max_wait:
-        break
-      print(f"[{phase}] waiting: {', '.join(busy)}", flush=True)
-      time.sleep(20)
-    if self.max_wait and busy and not self.gave_up:
-      print(f"[{phase}] still busy after {self.max_wait} s of waiting; timing anyway", flush=True)
-      self.gave_up = True
-    self.waited_s += max(0.0, time.perf_counter() - start - 3)
-    self.start()
-
-  def summary(self) -> str:
-    parts = []
-    if self.waited_s > 1:
-      parts.append(f"waited {self.waited_s:.0f} s for other work on the machine to end")
-    if self.discarded:
-      parts.append(f"discarded and re-ran {self.discarded} timed round(s) disturbed by it")
-    if self.kept_disturbed:
-      parts.append(f"**kept {self.kept_disturbed} disturbed round(s)**")
-    if self.gave_up:
-      parts.append(f"**gave up waiting after {self.max_wait} s: timings are disturbed**")
-    return "; ".join(parts)
-
-
-def timed_rounds(quiet: Quiet, phase: str, rounds: int, run_round) -> None:
-  """Runs `rounds` undisturbed rounds. `run_round(i)` times round i and returns callables that
-  record its timings; they are called only if the machine stayed quiet (`Quiet.busy`) during
-  the round (else the round is re-run, at most `rounds` extra times in all)."""
-  done, retries = 0, 0
-  while done < rounds:
-    quiet.wait(phase)
-    timings = run_round(done)
-    if quiet.max_wait and not quiet.gave_up and (busy := quiet.busy()):
-      if retries < rounds:
-        quiet.discarded += 1
-        retries += 1
-        print(f"[{phase}] round {done} disturbed ({', '.join(busy)}); re-running it", flush=True)
-        continue
-      quiet.kept_disturbed += 1
-      print(f"[{phase}] round {done} disturbed ({', '.join(busy)}); no re-runs left, keeping it", flush=True)
-    for keep in timings:
-      keep()
-    done += 1
 
 
 # --- Model, tokenizer, prompts -------------------------------------------------------------
@@ -351,12 +256,6 @@ def process_cpu_s() -> float:
   return own.user + own.system
 
 
-def steal_s() -> float:
-  """CPU seconds the hypervisor gave to other machines (all CPUs, since boot; 0 on bare metal)."""
-  fields = proc_stat_cpu()
-  return fields[7] / os.sysconf("SC_CLK_TCK") if len(fields) > 7 else 0.0
-
-
 def machine() -> str:
   import flax
   import jax
@@ -511,7 +410,7 @@ def main(argv):
     xla_flags.set_cpu_defaults()
   model, params, tokenizer, model_name = load_model()
   fmt = data.chat_format(tokenizer)
-  quiet = Quiet(FLAGS.quiet_wait)
+  quiet = Quiet(FLAGS.quiet_wait, OTHERS_MAX_CORES)
   print(f"== Part A: batch 1, prompt {FLAGS.prompt_len}, {FLAGS.new_tokens} new tokens", flush=True)
   a = part_a(model, params, tokenizer, fmt, quiet)
   print(f"\n== Part B: {FLAGS.eval_prompts} prompts, batch sizes 1 vs {FLAGS.batch_sizes}", flush=True)

@@ -35,6 +35,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # run from
 
 from absl import app, flags  # noqa: E402
 
+from shared_machine import Quiet, timed_rounds  # noqa: E402  (launch/, beside this script)
+
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("model", "smollm2", ["smollm2", "tiny"],
                   "smollm2: the real SmolLM2-135M-Instruct (converted once, cached); "
@@ -198,82 +200,27 @@ class JaxVariant:
     self.loss = float(metrics["loss"])
 
 
-class Quiet:
-  """Keeps timed rounds away from other work on the shared machine, judged by the CPU other
-  processes use (from /proc/stat), not by their names, so two benchmarks waiting for each
-  other never deadlock: waits before a round until others use at most `max_cores`, and
-  re-runs a round during which they used more (at most as many re-runs as timed rounds)."""
-
-  def __init__(self, max_wait: float, max_cores: float = 0.25):
-    self.max_wait, self.max_cores = max_wait, max_cores
-    self.waited_s, self.discarded, self.kept_disturbed, self.gave_up = 0.0, 0, 0, False
-
-  @staticmethod
-  def mark() -> tuple[float, float, float]:
-    """(wall s, busy CPU s of the whole machine, CPU s of this process)."""
-    fields = [int(x) for x in pathlib.Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    busy = (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # minus idle, iowait
-    own = os.times()
-    return time.perf_counter(), busy, own.user + own.system
-
-  @staticmethod
-  def others_cores(since) -> float:
-    """Average cores used by other processes since `since` (a `mark()`)."""
-    (w0, b0, o0), (w1, b1, o1) = since, Quiet.mark()
-    return max(0.0, (b1 - b0) - (o1 - o0)) / max(w1 - w0, 1e-9)
-
-  def wait(self) -> None:
-    while self.max_wait and not self.gave_up:
-      start = self.mark()
-      time.sleep(3)
-      cores = self.others_cores(start)
-      self.waited_s += time.perf_counter() - start[0]
-      if cores <= self.max_cores:
-        return
-      if self.waited_s >= self.max_wait:
-        print(f"other processes still use {cores:.2f} cores after {self.waited_s:.0f} s; timing anyway",
-              flush=True)
-        self.gave_up = True
-        return
-      print(f"waiting: other processes use {cores:.2f} cores", flush=True)
-      time.sleep(12)
-
-  def summary(self) -> str:
-    if not self.max_wait:
-      return "no waiting for a quiet machine (--quiet_wait=0)"
-    text = (f"waited {self.waited_s:.0f} s for other processes to leave the CPUs and re-ran "
-            f"{self.discarded} disturbed round(s)")
-    if self.kept_disturbed:
-      text += f"; **kept {self.kept_disturbed} disturbed round(s)** (re-runs used up)"
-    return text + (f"; **gave up waiting after {self.max_wait} s**" if self.gave_up else "")
-
-
 def run_interleaved(variants, steps: int, warmup: int, quiet: Quiet) -> None:
   """Warm-up steps, then `steps` rounds over the variants (rotating who goes first), each
   recording every variant's wall time and process CPU time (all threads) for one step.
-  A round during which other processes used the CPUs is re-run (see `Quiet`)."""
+  A round during which other processes used the CPUs is re-run (see `shared_machine`)."""
   for _ in range(warmup):
     for v in variants:
       v.run()
-  done, retries = 0, 0
-  while done < steps:
-    quiet.wait()
-    start, k, timings = quiet.mark(), done % len(variants), []
+
+  def record(v, wall: float, cpu: float) -> None:
+    v.wall.append(wall)
+    v.cpu.append(cpu)
+
+  def run_round(round_):
+    k, kept = round_ % len(variants), []
     for v in variants[k:] + variants[:k]:
       wall, cpu = time.perf_counter(), time.process_time()
       v.run()
-      timings.append((v, time.perf_counter() - wall, time.process_time() - cpu))
-    if quiet.max_wait and (cores := quiet.others_cores(start)) > quiet.max_cores:
-      if retries < steps:
-        retries += 1
-        quiet.discarded += 1
-        print(f"round {done} disturbed (other processes used {cores:.2f} cores); re-running it", flush=True)
-        continue
-      quiet.kept_disturbed += 1
-    for v, wall, cpu in timings:
-      v.wall.append(wall)
-      v.cpu.append(cpu)
-    done += 1
+      kept.append(functools.partial(record, v, time.perf_counter() - wall, time.process_time() - cpu))
+    return kept
+
+  timed_rounds(quiet, "steps", steps, run_round)
 
 
 def median_ms(values) -> float:
