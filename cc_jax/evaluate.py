@@ -122,7 +122,9 @@ class Generator:
     size = self.options.batch_size
     texts: list[str | None] = [None] * len(prompt_ids)
     prefix_ids = self.shared_prefix(prompt_ids)
-    prefix = generate.prefill_prefix(self.trained.model, self.trained.params, prefix_ids) if prefix_ids else None
+    prefix = None
+    if prefix_ids:
+      prefix = generate.prefill_prefix(self.trained.model, self.trained.params, np.asarray(prefix_ids, np.int32))
     for start in range(0, len(order), size):
       rows = order[start:start + size]
       real = len(rows)
