@@ -153,3 +153,19 @@ def test_a_crash_mid_write_leaves_no_partial_json(tmp_path, monkeypatch):
     report.write_report(tmp_path, [rec("cc", "XNLI", "en", 0, {"accuracy": 0.0})], chart=False)
   assert (tmp_path / "results/cc/XNLI.json").read_bytes() == before  # old and complete
   assert not list(tmp_path.rglob("*.tmp"))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077], ids=["umask022", "umask077"])
+def test_outputs_get_the_permissions_of_a_plain_open(tmp_path, umask):
+  # mkstemp makes 0o600 files; results on a shared filesystem must stay readable by the team.
+  old = os.umask(umask)
+  try:
+    with open(tmp_path / "plain.txt", "w") as f:
+      f.write("reference")
+    written = report.write_report(tmp_path / "out", records(), methods=["sft", "cc"])
+  finally:
+    os.umask(old)
+  expected = (tmp_path / "plain.txt").stat().st_mode & 0o777
+  assert expected == 0o666 & ~umask
+  assert {p.name: p.stat().st_mode & 0o777 for p in written} == {
+      p.name: expected for p in written}
