@@ -167,5 +167,5 @@ def test_outputs_get_the_permissions_of_a_plain_open(tmp_path, umask):
     os.umask(old)
   expected = (tmp_path / "plain.txt").stat().st_mode & 0o777
   assert expected == 0o666 & ~umask
-  assert {p.name: p.stat().st_mode & 0o777 for p in written} == {
-      p.name: expected for p in written}
+  assert {str(p): p.stat().st_mode & 0o777 for p in written} == {
+      str(p): expected for p in written}
