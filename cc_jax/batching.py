@@ -287,7 +287,7 @@ def split_microbatches(batch: Mapping[str, Any], num_microbatches: int) -> dict[
   Microbatch m holds rows m, m + M, m + 2M, ...: a strided split keeps each microbatch spread
   over all devices when the batch axis is sharded in contiguous blocks. Works on numpy and
   jax arrays. Divide the summed loss by `count_label_tokens` of the whole batch, not by the
-  per-microbatch counts (REFERENCE.md §1 pitfalls).
+  per-microbatch counts (docs/method.md §1 pitfalls).
   """
   def split(x):
     if x.shape[0] % num_microbatches:

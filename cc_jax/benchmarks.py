@@ -1,4 +1,4 @@
-"""The paper's six evaluation benchmarks (REFERENCE.md §5) as uniform `EvalExample` lists.
+"""The paper's six evaluation benchmarks (docs/method.md §5) as uniform `EvalExample` lists.
 
 Sources: local files in the authors' layout, or Hugging Face `datasets` (hub rows mapped to
 the authors' prompt style). Scoring lives in `metrics.py`; this module only carries its data.
@@ -38,7 +38,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from cc_jax import files
 
 # ---------------------------------------------------------------------------------------------
-# The paper's benchmarks (REFERENCE.md §5 table, and the authors' `langs_all`)
+# The paper's benchmarks (docs/method.md §5 table, and the authors' `langs_all`)
 
 BENCHMARKS = ("XNLI", "XStoryCloze", "MMMLU", "XQuAD", "MKQA", "XLSum")
 LANGUAGES = {
@@ -55,7 +55,7 @@ KIND = {"XNLI": "choice", "XStoryCloze": "choice", "MMMLU": "choice",
 # Labels the prompts number their options with; a choice task's gold is one of them.
 OPTION_LABELS = {"XNLI": ("1", "2", "3"), "XStoryCloze": ("1", "2"),
                  "MMMLU": ("A", "B", "C", "D")}
-# The score each benchmark is reported by (REFERENCE.md §5); `report.py` uses these names
+# The score each benchmark is reported by (docs/method.md §5); `report.py` uses these names
 # when the score dicts hold them. XQuAD/MKQA "accuracy": a gold answer is found in the output.
 PRIMARY_METRIC = {"XNLI": "accuracy", "XStoryCloze": "accuracy", "MMMLU": "accuracy",
                   "XQuAD": "accuracy", "MKQA": "accuracy", "XLSum": "rougeL"}
@@ -184,7 +184,7 @@ def _choice_label(value: str, labels: Sequence[str]) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Prompts for hub rows, in the authors' style (XNLI's is the paper's, REFERENCE.md §5; the
+# Prompts for hub rows, in the authors' style (XNLI's is the paper's, docs/method.md §5; the
 # others are the English instructions of the authors' evaluation files). The authors' files
 # translate the instruction into the target language; these templates keep it in English and
 # only the content is in the target language, so local files give the paper's exact prompts.

@@ -1,4 +1,4 @@
-"""CC-Tuning's cross-lingual connection (REFERENCE.md §2, steps 2-3): the Decision Maker
+"""CC-Tuning's cross-lingual connection (docs/method.md §2, steps 2-3): the Decision Maker
 and the straight-through selection of one English feed-forward activation.
 
 The Decision Maker is a bias-free linear map D -> L, stored in the parameter tree as
@@ -25,7 +25,7 @@ class ConnectionConfig:
 
   Attributes:
     selection: "gumbel" (straight-through hard Gumbel-softmax, the paper's training) or
-      "argmax" (deterministic; cc_jax's default at inference, REFERENCE.md §4).
+      "argmax" (deterministic; cc_jax's default at inference, docs/method.md §4).
     temperature: softmax temperature of the relaxation (1.0 in the paper).
     stop_english_grad: detach the English activations (the paper keeps them in the graph).
   """

@@ -1,6 +1,6 @@
 """CC-Tuning training data: read parallel SFT records, render them with a chat template, tokenize.
 
-Follows LLaMA-Factory 0.9.1 SFT semantics (REFERENCE.md §1). Batching lives in `batching.py`.
+Follows LLaMA-Factory 0.9.1 SFT semantics (docs/method.md §1). Batching lives in `batching.py`.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class BadRecordError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Record:
-  """One parallel SFT example (REFERENCE.md §1)."""
+  """One parallel SFT example (docs/method.md §1)."""
   prompt: str  # non-English instruction (with LLaMA-Factory's `query` appended, if any)
   prompt_en: str  # its English translation; may equal `prompt` for English records
   response: str  # the (non-English) response
@@ -555,7 +555,7 @@ class Example:
 
   @property
   def anchor(self) -> int:
-    """Index of the last prompt token, where the answer starts (REFERENCE.md notation)."""
+    """Index of the last prompt token, where the answer starts (docs/method.md notation)."""
     return self.prompt_len - 1
 
   @property

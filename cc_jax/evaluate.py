@@ -1,5 +1,5 @@
 """Benchmark runs: load prompts, generate in fixed-shape batches (plain or with the CC
-connection), score, and write predictions, results, a table and a chart (REFERENCE.md §5).
+connection), score, and write predictions, results, a table and a chart (docs/method.md §5).
 
 Modes of a trained run:
   plain     generation without the connection (the only mode of an `sft` run)

@@ -1,7 +1,7 @@
 """Batched generation with a key/value cache, plain or with CC-Tuning's connection.
 
 Left padding puts every prompt's last token (the anchor) in the same column, so one cache
-write index serves the whole batch. CC inference (REFERENCE.md §4) needs the anchor's MLP
+write index serves the whole batch. CC inference (docs/method.md §4) needs the anchor's MLP
 outputs before it can inject; since attention is causal and the anchor is the last prompt
 token, injection changes nothing before it. So the prefill captures the activations, the
 anchor alone is recomputed with the injection over the prefill's cache, and decoding goes
@@ -183,7 +183,7 @@ def cc_generate(model: Llama, params, tokens_BT, mask_BT, eos_ids, matrix=None, 
                 prefix: KVCache | None = None, *,
                 max_new_tokens: int, sampling: Sampling = Sampling(),
                 selection: ConnectionConfig = ConnectionConfig(selection="argmax"), reuse_cache: bool = True):
-  """CC-Tuning inference (REFERENCE.md §4) for a left-padded batch.
+  """CC-Tuning inference (docs/method.md §4) for a left-padded batch.
 
   Args:
     model: the decoder; `model.inject_layer` is where the vector goes.

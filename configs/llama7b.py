@@ -1,4 +1,4 @@
-"""Llama-2-7B with the paper's hyperparameters (REFERENCE.md §2). Convert the weights first:
+"""Llama-2-7B with the paper's hyperparameters (docs/method.md §2). Convert the weights first:
   python launch/convert.py --from=hf --src=/models/Llama-2-7b-hf --out=/ckpt/llama2_7b
 then pass --config.model.path=/ckpt/llama2_7b --config.data.source=... --workdir=..."""
 

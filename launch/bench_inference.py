@@ -7,7 +7,7 @@
   # a quick smoke run on a tiny random model (SmolLM2's tokenizer), nothing written
   python launch/bench_inference.py --model=tiny --out=
 
-Part A runs, interleaved in one process on the same weights and prompt (REFERENCE.md §4):
+Part A runs, interleaved in one process on the same weights and prompt (docs/method.md §4):
 `plain` (`generate.generate`), `cc` (`generate.cc_generate` with the Transform Matrix, reusing
 the prefill cache: ours) and `cc_two_pass` (`cc_generate(reuse_cache=False)`: the authors'
 second full forward pass). The prompt is real text (the demo test instructions, all
@@ -374,7 +374,7 @@ def report(model_name: str, a: dict, b: dict, quiet: Quiet, total_s: float) -> s
 
 SECTION_HEAD = """## Inference: CC against plain generation, batched against one at a time
 
-cc_jax's CC inference (REFERENCE.md §4) captures the anchor's MLP outputs during the prefill,
+cc_jax's CC inference (docs/method.md §4) captures the anchor's MLP outputs during the prefill,
 then recomputes only the anchor with the injection over the prefill's key/value cache: the
 cost of plain generation plus one token. The authors' procedure runs a second full forward
 pass over the prompt. Targets: cc/plain ≤ 1.10, and cc's overhead over plain at most a tenth

@@ -229,7 +229,7 @@ def median_ms(values) -> float:
 
 # --- PyTorch reference (the authors' procedure) -------------------------------------------
 def torch_cc_loss(hf_model, source_select, t: dict, temperature: float = 1.0, inject_layer: int = 0):
-  """REFERENCE.md §2 on transformers with forward hooks; adapted from tests/test_train.py's
+  """docs/method.md §2 on transformers with forward hooks; adapted from tests/test_train.py's
   `torch_cc_loss` (any batch size, torch's own gumbel_softmax, a Linear Decision Maker)."""
   import torch
   import torch.nn.functional as F

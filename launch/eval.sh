@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Evaluates a trained run on the paper's six benchmarks (REFERENCE.md §5).
+# Evaluates a trained run on the paper's six benchmarks (docs/method.md §5).
 #   launch/eval.sh WORKDIR BENCH_DIR [MODES] [extra --config.* flags]
 # WORKDIR is the training workdir; BENCH_DIR a local benchmark root (layout: cc_jax/benchmarks.py)
 # or "hub". MODES is a comma list of plain,matrix,identity,oracle (default: matrix); an sft run

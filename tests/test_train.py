@@ -1,4 +1,4 @@
-"""The CC-Tuning and SFT steps against an independent PyTorch implementation of REFERENCE.md §2."""
+"""The CC-Tuning and SFT steps against an independent PyTorch implementation of docs/method.md §2."""
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +35,7 @@ def synthetic_batch(vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def torch_cc_loss(hf_model, source_select_LD, batch, noise_BL, temperature=1.0, inject_layer=0):
-  """REFERENCE.md §2 written directly on transformers with forward hooks (the authors' procedure)."""
+  """docs/method.md §2 written directly on transformers with forward hooks (the authors' procedure)."""
   layers = hf_model.model.layers
   rows = torch.arange(B)
   t = {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
