@@ -27,11 +27,15 @@ class ConnectionConfig:
     selection: "gumbel" (straight-through hard Gumbel-softmax, the paper's training) or
       "argmax" (deterministic; cc_jax's default at inference, docs/method.md §4).
     temperature: softmax temperature of the relaxation (1.0 in the paper).
-    stop_english_grad: detach the English activations (the paper keeps them in the graph).
+    stop_english_grad: detach the English activations. True is what the authors' runs did:
+      their trainer ran every decoder layer under LLaMA-Factory's default reentrant gradient
+      checkpointing, whose forward runs under no_grad, and read the English MLP outputs from
+      inside it, so those tensors carried no gradient (docs/method.md §2 step 1). False
+      backpropagates into the English pass too: an ablation, about 1.3x the step's cost.
   """
   selection: str = "gumbel"
   temperature: float = 1.0
-  stop_english_grad: bool = False
+  stop_english_grad: bool = True
 
   def __post_init__(self):
     if self.selection not in SELECTIONS:
@@ -46,9 +50,21 @@ def init_decision_maker(rng: jax.Array, hidden_size: int, num_layers: int, dtype
   return {"kernel": init(rng, (hidden_size, num_layers), dtype)}
 
 
+def gumbel_from_uniform(u: jax.Array) -> jax.Array:
+  """Standard Gumbel samples -log(-log u) from uniform draws u in [0, 1], always finite.
+
+  u is clipped to [tiny, 1 - 2^-24] first: -log(Exp(1)), torch's recipe, is +inf whenever the
+  exponential draw is exactly 0 (about once in 2^23 float32 draws), and one infinite noise
+  value makes the straight-through weights NaN. Clipped, the noise lies in (-4.5, 16.7).
+  """
+  finfo = jnp.finfo(jnp.float32)
+  u = jnp.clip(u.astype(jnp.float32), finfo.tiny, 1.0 - finfo.epsneg)
+  return -jnp.log(-jnp.log(u))
+
+
 def gumbel_noise(rng: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-  """Standard Gumbel samples, -log(Exp(1)), as torch.nn.functional.gumbel_softmax draws them."""
-  return -jnp.log(jax.random.exponential(rng, shape, jnp.float32))
+  """Standard Gumbel samples of `shape` (float32), finite for every key."""
+  return gumbel_from_uniform(jax.random.uniform(rng, shape, jnp.float32))
 
 
 def decision_scores(kernel_DL: jax.Array, english_LBD: jax.Array, anchor_embed_BD: jax.Array) -> jax.Array:

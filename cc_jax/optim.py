@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import jax
@@ -32,20 +33,34 @@ class OptimConfig:
     return cls(**{f.name: cfg[f.name] for f in dataclasses.fields(cls) if f.name in cfg})
 
 
+def warmup_steps(warmup_ratio: float, total_steps: int) -> int:
+  """ceil(warmup_ratio x total_steps): the Hugging Face Trainer's rule (LLaMA-Factory 0.9.1)."""
+  return math.ceil(warmup_ratio * total_steps)
+
+
 def learning_rate_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
-  """Linear warmup over `warmup_ratio` of the steps, then the chosen decay to the end."""
-  warmup = int(round(cfg.warmup_ratio * total_steps))
+  """The Hugging Face Trainer's schedules, step for step (transformers'
+  get_{cosine,linear,constant}_schedule_with_warmup, as the paper's LLaMA-Factory runs used).
+
+  Step s (0-based, the s-th optimizer update) of W = ceil(warmup_ratio x total) warmup steps
+  gets peak x s / W, so the first update has a learning rate of 0; after warmup, the decay
+  runs over the remaining total - W steps to `end_learning_rate` (0 in transformers; a
+  non-zero end is the cosine_with_min_lr form).
+  """
+  if cfg.schedule not in ("cosine", "linear", "constant"):
+    raise ValueError(f"optim.schedule={cfg.schedule!r}; expected cosine, linear or constant")
+  warmup = warmup_steps(cfg.warmup_ratio, total_steps)
+  decay_steps = max(total_steps - warmup, 1)
+  peak, end = cfg.learning_rate, cfg.end_learning_rate
   if cfg.schedule == "cosine":
-    return optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, warmup, max(total_steps, warmup + 1),
-                                              cfg.end_learning_rate)
-  if cfg.schedule == "linear":
-    return optax.join_schedules([optax.linear_schedule(0.0, cfg.learning_rate, warmup),
-                                 optax.linear_schedule(cfg.learning_rate, cfg.end_learning_rate,
-                                                       max(total_steps - warmup, 1))], [warmup])
-  if cfg.schedule == "constant":
-    return optax.join_schedules([optax.linear_schedule(0.0, cfg.learning_rate, warmup),
-                                 optax.constant_schedule(cfg.learning_rate)], [warmup])
-  raise ValueError(f"optim.schedule={cfg.schedule!r}; expected cosine, linear or constant")
+    decay = optax.cosine_decay_schedule(peak, decay_steps, alpha=end / peak if peak else 0.0)
+  elif cfg.schedule == "linear":
+    decay = optax.linear_schedule(peak, end, decay_steps)
+  else:
+    decay = optax.constant_schedule(peak)
+  if warmup == 0:  # optax warns about a zero-length warmup; there is none to join
+    return decay
+  return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
 
 
 def _dict_keys(path) -> list[str]:

@@ -47,7 +47,9 @@ def get_config() -> config_dict.ConfigDict:
   c.cc.inject_layer = 0  # the layer whose MLP output receives the English vector (paper: 0)
   c.cc.selection = "gumbel"  # training selection: gumbel (paper) | argmax
   c.cc.temperature = 1.0  # Gumbel-softmax temperature
-  c.cc.stop_english_grad = False  # detach the English pass (paper: gradients flow into it)
+  # Detach the English pass: what the authors' runs did (their reentrant gradient checkpointing
+  # gave the English activations no gradient, docs/method.md §2); False is the ablation.
+  c.cc.stop_english_grad = True
 
   c.data = config_dict.ConfigDict()
   # JSON/JSONL/Parquet file, a LLaMA-Factory dataset_info.json (or its directory), a
@@ -81,8 +83,10 @@ def get_config() -> config_dict.ConfigDict:
 
   c.optim = config_dict.ConfigDict()
   c.optim.learning_rate = 1e-5  # peak learning rate (paper: 1e-5)
-  c.optim.schedule = "cosine"  # cosine | linear | constant, after linear warmup
-  c.optim.warmup_ratio = 0.1  # fraction of the total steps spent warming up
+  # cosine | linear | constant after linear warmup: transformers' get_*_schedule_with_warmup
+  # step for step (the paper's LLaMA-Factory runs); the first update has learning rate 0.
+  c.optim.schedule = "cosine"
+  c.optim.warmup_ratio = 0.1  # warmup steps = ceil(warmup_ratio x total steps), as the HF Trainer
   c.optim.end_learning_rate = 0.0  # learning rate at the last step
   c.optim.weight_decay = 0.0  # AdamW decoupled decay; never on norms or biases
   c.optim.b1 = 0.9  # Adam beta1

@@ -227,40 +227,7 @@ def median_ms(values) -> float:
   return statistics.median(values) * 1e3
 
 
-# --- PyTorch reference (the authors' procedure) -------------------------------------------
-def torch_cc_loss(hf_model, source_select, t: dict, temperature: float = 1.0, inject_layer: int = 0):
-  """docs/method.md §2 on transformers with forward hooks; adapted from tests/test_train.py's
-  `torch_cc_loss` (any batch size, torch's own gumbel_softmax, a Linear Decision Maker)."""
-  import torch
-  import torch.nn.functional as F
-  layers = hf_model.model.layers
-  rows = torch.arange(t["input_ids"].shape[0])
-  captured = []
-  hooks = [layer.mlp.register_forward_hook(lambda m, i, out: captured.append(out[rows, t["en_anchor"]]))
-           for layer in layers]
-  hf_model.model(input_ids=t["en_input_ids"], attention_mask=t["en_attention_mask"],
-                 position_ids=t["en_positions"])  # English pass: in the graph, no LM head
-  for h in hooks:
-    h.remove()
-  english_LBD = torch.stack(captured)
-  x0_BD = hf_model.model.embed_tokens(t["input_ids"][rows, t["anchor"]])
-  scores_BL = source_select((english_LBD + x0_BD[None]).mean(0))
-  weights_BL = F.gumbel_softmax(scores_BL, tau=temperature, hard=True)
-  vector_BD = torch.einsum("bl,lbd->bd", weights_BL, english_LBD)
-
-  def inject(module, inputs, output):
-    output = output.clone()
-    output[rows, t["anchor"]] = output[rows, t["anchor"]] + vector_BD
-    return output
-
-  handle = layers[inject_layer].mlp.register_forward_hook(inject)
-  try:
-    return hf_model(input_ids=t["input_ids"], attention_mask=t["attention_mask"],
-                    position_ids=t["positions"], labels=t["labels"]).loss
-  finally:
-    handle.remove()
-
-
+# --- PyTorch reference (the authors' procedure: tests/hf_reference.py) ----------------------
 class TorchVariant:
   """SFT or CC step of the PyTorch reference: forward, backward, AdamW step."""
 
@@ -277,13 +244,14 @@ class TorchVariant:
     self.optimizer = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.0)
 
   def run(self) -> None:
+    from tests import hf_reference
     self.optimizer.zero_grad(set_to_none=True)
     if self.name == "cc":
-      loss = torch_cc_loss(self.model, self.source_select, self.t)
+      loss = hf_reference.torch_cc_loss_and_backward(self.model, self.source_select, self.t)
     else:
       loss = self.model(input_ids=self.t["input_ids"], attention_mask=self.t["attention_mask"],
                         position_ids=self.t["positions"], labels=self.t["labels"]).loss
-    loss.backward()
+      loss.backward()
     self.optimizer.step()
     self.loss = loss.item()
 

@@ -58,3 +58,60 @@ def hf_forward(hf_model, tokens, mask, positions, **kwargs):
   with torch.no_grad():
     return hf_model(input_ids=torch.tensor(tokens, dtype=torch.long), attention_mask=torch.tensor(mask),
                     position_ids=torch.tensor(positions, dtype=torch.long), **kwargs)
+
+
+def torch_cc_loss_and_backward(hf_model, decision_maker, t: dict, noise_BL=None, temperature: float = 1.0,
+                               inject_layer: int = 0):
+  """docs/method.md §2 written directly on transformers with forward hooks (the authors'
+  procedure): English pass -> Decision Maker -> straight-through selection -> the chosen vector
+  added to layer `inject_layer`'s MLP output at the anchor -> mean token cross-entropy; then
+  backward. Returns the loss.
+
+  Args:
+    hf_model: a transformers causal LM. Under reentrant gradient checkpointing (the authors'
+      trainer) the English pass's captured outputs carry no gradient on their own.
+    decision_maker: function (B, D) -> (B, L) scores (a Linear(D, L), or `lambda d: d @ W.T`).
+    t: the batch as torch long tensors (cc_jax.batching's keys).
+    noise_BL: Gumbel noise to add to the scores; None draws it with torch's gumbel_softmax.
+    temperature: selection temperature.
+    inject_layer: the layer whose MLP output receives the vector.
+  """
+  import torch.nn.functional as F
+  layers = hf_model.model.layers
+  rows = torch.arange(t["input_ids"].shape[0])
+  captured = []
+  hooks = [layer.mlp.register_forward_hook(lambda m, i, out: captured.append(out[rows, t["en_anchor"]]))
+           for layer in layers]
+  try:
+    hf_model.model(input_ids=t["en_input_ids"], attention_mask=t["en_attention_mask"],
+                   position_ids=t["en_positions"])  # English pass: no LM head, no explicit detach
+  finally:
+    for h in hooks:
+      h.remove()
+  english_LBD = torch.stack(captured)
+  x0_BD = hf_model.model.embed_tokens(t["input_ids"][rows, t["anchor"]])
+  scores_BL = decision_maker((english_LBD + x0_BD[None]).mean(0))  # mean over layers of (E[l] + x0)
+  if noise_BL is None:
+    weights_BL = F.gumbel_softmax(scores_BL, tau=temperature, hard=True)
+  else:
+    y_soft = torch.softmax((scores_BL + torch.as_tensor(noise_BL)) / temperature, dim=-1)
+    y_hard = F.one_hot(y_soft.argmax(-1), y_soft.shape[-1]).to(y_soft.dtype)
+    weights_BL = y_hard - y_soft.detach() + y_soft
+  vector_BD = torch.einsum("bl,lbd->bd", weights_BL, english_LBD)
+
+  def inject(module, inputs, output):
+    output = output.clone()
+    output[rows, t["anchor"]] = output[rows, t["anchor"]] + vector_BD
+    return output
+
+  # The hook stays until backward has run: reentrant checkpointing re-runs the forward then.
+  handle = layers[inject_layer].mlp.register_forward_hook(inject)
+  try:
+    logits = hf_model(input_ids=t["input_ids"], attention_mask=t["attention_mask"],
+                      position_ids=t["positions"]).logits
+    loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), t["labels"][:, 1:].reshape(-1),
+                           ignore_index=-100)
+    loss.backward()
+  finally:
+    handle.remove()
+  return loss.detach()

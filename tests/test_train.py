@@ -5,7 +5,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from cc_jax import connection, convert, model as M, optim, sharding as sh, train
 from tests import hf_reference as ref
@@ -34,39 +33,6 @@ def synthetic_batch(vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
   return batch
 
 
-def torch_cc_loss(hf_model, source_select_LD, batch, noise_BL, temperature=1.0, inject_layer=0):
-  """docs/method.md §2 written directly on transformers with forward hooks (the authors' procedure)."""
-  layers = hf_model.model.layers
-  rows = torch.arange(B)
-  t = {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
-  captured = []
-  hooks = [layer.mlp.register_forward_hook(lambda m, i, out: captured.append(out[rows, t["en_anchor"]]))
-           for layer in layers]
-  hf_model.model(input_ids=t["en_input_ids"], attention_mask=t["en_attention_mask"], position_ids=t["en_positions"])
-  for h in hooks:
-    h.remove()
-  english_LBD = torch.stack(captured)
-  x0_BD = hf_model.model.embed_tokens(t["input_ids"][rows, t["anchor"]])
-  d_BD = (english_LBD + x0_BD[None]).mean(0)  # mean over layers of (E[l] + x0), literally
-  scores_BL = d_BD @ source_select_LD.T
-  y_soft = torch.softmax((scores_BL + torch.tensor(noise_BL)) / temperature, dim=-1)
-  y_hard = F.one_hot(y_soft.argmax(-1), y_soft.shape[-1]).to(y_soft.dtype)
-  weights_BL = y_hard - y_soft.detach() + y_soft
-  vector_BD = torch.einsum("bl,lbd->bd", weights_BL, english_LBD)
-
-  def inject(module, inputs, output):
-    output = output.clone()
-    output[rows, t["anchor"]] = output[rows, t["anchor"]] + vector_BD
-    return output
-
-  handle = layers[inject_layer].mlp.register_forward_hook(inject)
-  logits = hf_model(input_ids=t["input_ids"], attention_mask=t["attention_mask"],
-                    position_ids=t["positions"]).logits
-  handle.remove()
-  return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), t["labels"][:, 1:].reshape(-1),
-                         ignore_index=-100)
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
   hf_model = ref.make_hf_model("llama3_rope_scaling")
@@ -84,8 +50,14 @@ def jax_grads_as_hf(cfg, grads):
   return dict(convert.hf_tensors_from_params(cfg, grads, np.float32))
 
 
+# The English pass as the authors' trainer ran it (LLaMA-Factory's default reentrant gradient
+# checkpointing: the English MLP outputs carry no gradient) and as the ablation (plain autograd).
+ENGLISH_PASS = {"reentrant_checkpointing": True, "plain_autograd": False}  # -> stop_english_grad
+
+
+@pytest.mark.parametrize("english_pass", sorted(ENGLISH_PASS))
 @pytest.mark.parametrize("inject_layer", [0, 1])
-def test_cc_loss_and_gradients_match_torch_reference(tiny, inject_layer):
+def test_cc_loss_and_gradients_match_torch_reference(tiny, inject_layer, english_pass):
   hf_model, cfg, params = tiny
   batch = synthetic_batch(cfg.vocab_size)
   rng = np.random.default_rng(3)
@@ -94,7 +66,10 @@ def test_cc_loss_and_gradients_match_torch_reference(tiny, inject_layer):
   params = {**params, connection.PARAM_NAME: {"kernel": source_select_LD.T.copy()}}
 
   model = M.Llama(cfg, inject_layer=inject_layer)
-  step_cfg = train.StepConfig(method="cc")
+  detached = ENGLISH_PASS[english_pass]
+  step_cfg = train.StepConfig(method="cc", connection=connection.ConnectionConfig(stop_english_grad=detached))
+  if detached:  # the default is what the authors' runs did
+    assert step_cfg == train.StepConfig(method="cc")
 
   def mean_loss(p):
     loss_sum, aux = train.loss_fn(p, batch, noise, model=model, cfg=step_cfg)
@@ -103,8 +78,15 @@ def test_cc_loss_and_gradients_match_torch_reference(tiny, inject_layer):
   loss, grads = jax.value_and_grad(mean_loss)(params)
   hf_model.zero_grad()
   w = torch.tensor(source_select_LD, requires_grad=True)
-  expected = torch_cc_loss(hf_model, w, batch, noise, inject_layer=inject_layer)
-  expected.backward()
+  if detached:  # no explicit detach: torch's reentrant checkpoint runs its forward under no_grad
+    hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+    hf_model.train()  # transformers checkpoints only in training mode (the tiny model has no dropout)
+  try:
+    t = {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
+    expected = ref.torch_cc_loss_and_backward(hf_model, lambda d: d @ w.T, t, noise, inject_layer=inject_layer)
+  finally:
+    hf_model.activation_checkpointing_disable()
+    hf_model.eval()
 
   assert abs(float(loss) - expected.item()) / expected.item() <= 1e-5
   got = jax_grads_as_hf(cfg, grads)
@@ -197,6 +179,33 @@ def test_schedule_warms_up_then_decays_to_zero():
   np.testing.assert_allclose(float(schedule(10)), 1e-5, rtol=1e-6)
   np.testing.assert_allclose(float(schedule(55)), 0.5e-5, rtol=1e-3)  # cosine midpoint
   assert float(schedule(100)) < 1e-9
+
+
+# (total steps, warmup ratio): warmups of 10, 1 (0.7 and 0.25 round up), 3 (2.5 rounds up, not
+# to even), 0 and 1 of 1 step.
+SCHEDULE_CASES = [(100, 0.1), (7, 0.1), (5, 0.05), (25, 0.1), (10, 0.0), (1, 0.1), (3, 0.5)]
+
+
+@pytest.mark.parametrize("kind", ["cosine", "linear", "constant"])
+@pytest.mark.parametrize("total,ratio", SCHEDULE_CASES)
+def test_schedule_equals_transformers_step_for_step(total, ratio, kind):
+  """The learning rate of every optimizer step equals the Hugging Face Trainer's, whose
+  scheduler the paper's LLaMA-Factory runs stepped once per update (warmup = ceil)."""
+  import transformers
+  make = {"cosine": transformers.get_cosine_schedule_with_warmup,
+          "linear": transformers.get_linear_schedule_with_warmup,
+          "constant": lambda opt, w, _: transformers.get_constant_schedule_with_warmup(opt, w)}[kind]
+  opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-5)
+  scheduler = make(opt, optim.warmup_steps(ratio, total), total)
+  expected = []
+  for _ in range(total):
+    expected.append(opt.param_groups[0]["lr"])
+    opt.step()
+    scheduler.step()
+  schedule = optim.learning_rate_schedule(optim.OptimConfig(learning_rate=1e-5, warmup_ratio=ratio, schedule=kind),
+                                          total)
+  got = [float(schedule(s)) for s in range(total)]
+  np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-12)  # float32 rounding: ~1e-7 x peak
 
 
 @pytest.mark.parametrize("method", ["cc", "sft"])
