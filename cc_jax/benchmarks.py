@@ -1,7 +1,8 @@
 """The paper's six evaluation benchmarks (docs/method.md §5) as uniform `EvalExample` lists.
 
-Sources: local files in the authors' layout, or Hugging Face `datasets` (hub rows mapped to
-the authors' prompt style). Scoring lives in `metrics.py`; this module only carries its data.
+Sources: local files in the authors' layout (this module), or Hugging Face `datasets` (hub rows
+mapped to the authors' prompt style: `benchmarks_hub.py`). Scoring lives in `metrics.py` and
+`choice.py`; this module only carries its data.
 
 Local layout. `root/<Benchmark>/` holds, per language code `<lang>`, two parallel files with
 one JSON value per line (line i of one file belongs to line i of the other):
@@ -22,6 +23,17 @@ exists is used, and its answer file must then exist too):
 
 `<Benchmark>` is matched case-insensitively, ignoring '_', '-' and spaces ("xstory_cloze"
 finds "XStoryCloze"). Blank lines are allowed only at the end of a file.
+
+The parallel English prompt of an item (the oracle mode's input) comes from:
+  * XLSum: `split_sample_en/<lang>.json` (or `split_en/<lang>.json`, or cc_jax's
+    `<lang>.english.jsonl`), line by line: the English version of the same articles. XLSum's
+    `en` file is a different set of articles, so it is never used as the parallel English.
+  * the other five: line i of the benchmark's `en` instruction file, for line i of any
+    language. Their sets are translations of one English set, item for item (XNLI, XQuAD,
+    XStoryCloze, MMMLU, MKQA).
+  * the hub: the English row of the same index for those five (MMMLU's English is MMLU's test
+    split, which openai/MMMLU translates row for row); none for XLSum.
+An item without a parallel English prompt is left out of the oracle mode, with a warning.
 """
 
 from __future__ import annotations
@@ -64,6 +76,9 @@ PRIMARY_METRIC = {"XNLI": "accuracy", "XStoryCloze": "accuracy", "MMMLU": "accur
 LAYOUTS = (("{lang}.jsonl", "{lang}.answers.jsonl"),
            ("split_sample/{lang}.json", "ans_sample/{lang}.json"),
            ("split/{lang}.json", "ans/{lang}.json"))
+# XLSum's parallel English files, per layout above (see the module docstring).
+ENGLISH_LAYOUTS = ("{lang}.english.jsonl", "split_sample_en/{lang}.json", "split_en/{lang}.json")
+OWN_ENGLISH = ("XLSum",)  # benchmarks whose `en` file is not the other languages' parallel
 
 _ALIASES = {re.sub(r"[\s_-]", "", b.lower()): b for b in BENCHMARKS}
 
@@ -108,6 +123,8 @@ class EvalExample:
     options: option texts in label order (choice tasks), in the prompt's language; None if
       they could not be recovered from the prompt.
     option_labels: the labels the prompt uses for the options ("1".."3", "A".."D").
+    english_prompt: the parallel English prompt of the same item (see the module docstring),
+      or None when the source has none.
   """
   benchmark: str
   lang: str
@@ -117,6 +134,7 @@ class EvalExample:
   kind: str
   options: tuple[str, ...] | None = None
   option_labels: tuple[str, ...] | None = None
+  english_prompt: str | None = None
 
   def __post_init__(self):
     if self.kind not in KINDS:
@@ -177,145 +195,10 @@ def parse_options(text: str, labels: Sequence[str]) -> tuple[str, ...] | None:
   return None
 
 
-def _choice_label(value: str, labels: Sequence[str]) -> str | None:
+def choice_label(value: str, labels: Sequence[str]) -> str | None:
   """Reads "B", " (B) ", "B." or "（B）" as the label "B"; None if it is none of `labels`."""
   label = value.strip().strip("()（）").strip().rstrip(".．").strip()
   return label if label in labels else None
-
-
-# ---------------------------------------------------------------------------------------------
-# Prompts for hub rows, in the authors' style (XNLI's is the paper's, docs/method.md §5; the
-# others are the English instructions of the authors' evaluation files). The authors' files
-# translate the instruction into the target language; these templates keep it in English and
-# only the content is in the target language, so local files give the paper's exact prompts.
-
-XNLI_PROMPT = (
-    "Premise: {premise}\nHypothesis: {hypothesis}\n\n"
-    "What do you think is the relationship between the premise and the hypothesis?\n\n"
-    "(1) Entailment\n(2) Neutral\n(3) Contradiction\n\n"
-    "If you have to choose one of these options, your answer would be:")
-XNLI_OPTIONS = ("Entailment", "Neutral", "Contradiction")
-XSTORYCLOZE_PROMPT = (
-    "{story}\n(1) {ending1}\n(2) {ending2}\n\n"
-    "Which of the two options is more likely to be the ending of the given story.\nYour answer:")
-MMMLU_PROMPT = (
-    "Please answer the following multiple choice question.\n\n{question}\n"
-    "(A) {a}\n(B) {b}\n(C) {c}\n(D) {d}\n\n"
-    "If you have to choose one of these options, your answer would be:")
-XQUAD_PROMPT = ("Please answer these questions only based on the given context.\n\n"
-                "Context: {context}\nQuestion: {question}\n\nYour answer:")
-MKQA_PROMPT = "Please answer the following question.\n\n{question}\n\nYour answer:"
-XLSUM_PROMPT = "Summarize the following article in one sentence.\n\nArticle: {article}\n\nSummary:"
-
-# Hub sources: benchmark -> (dataset path, config for a language, split). MMMLU's English is
-# the original MMLU; MMMLU and XLSum name their configs by locale and language name.
-_MMMLU_CONFIGS = {"ar": "AR_XA", "bn": "BN_BD", "es": "ES_LA", "hi": "HI_IN", "id": "ID_ID",
-                  "ko": "KO_KR", "pt": "PT_BR", "sw": "SW_KE", "yo": "YO_NG"}
-_XLSUM_CONFIGS = {"en": "english", "ar": "arabic", "fr": "french", "hi": "hindi",
-                  "id": "indonesian", "ru": "russian", "sw": "swahili", "tr": "turkish",
-                  "ur": "urdu", "vi": "vietnamese"}
-_MKQA_KEYS = {"zh": "zh_cn"}  # MKQA keys Simplified Chinese as zh_cn
-
-
-def hub_source(benchmark: str, lang: str) -> tuple[str, str | None, str]:
-  """Returns (dataset path, config name or None, split) of a benchmark language on the hub."""
-  benchmark = canonical_benchmark(benchmark)
-  check_language(benchmark, lang)
-  if benchmark == "XNLI":
-    return "facebook/xnli", lang, "test"
-  if benchmark == "XStoryCloze":
-    return "juletxara/xstory_cloze", lang, "eval"
-  if benchmark == "MMMLU":
-    return ("cais/mmlu", "all", "test") if lang == "en" else (
-        "openai/MMMLU", _MMMLU_CONFIGS[lang], "test")
-  if benchmark == "XQuAD":
-    return "google/xquad", f"xquad.{lang}", "validation"
-  if benchmark == "MKQA":
-    return "apple/mkqa", None, "train"
-  return "csebuetnlp/xlsum", _XLSUM_CONFIGS[lang], "test"
-
-
-def _field(row: Mapping[str, Any], key: str, where: str) -> Any:
-  if key not in row:
-    raise BenchmarkDataError(f"{where}: missing field {key!r}")
-  return row[key]
-
-
-def _choice_example(benchmark: str, lang: str, index: int, prompt: str, gold: str,
-                    options: tuple[str, ...]) -> EvalExample:
-  return EvalExample(benchmark, lang, index, prompt, gold, "choice", options,
-                     OPTION_LABELS[benchmark])
-
-
-def example_from_row(benchmark: str, lang: str, index: int,
-                     row: Mapping[str, Any]) -> EvalExample | None:
-  """Maps one hub row to an EvalExample with the authors' prompt style.
-
-  Row shapes: XNLI `premise, hypothesis, label` (0 entailment, 1 neutral, 2 contradiction);
-  XStoryCloze `input_sentence_1..4, sentence_quiz1, sentence_quiz2, answer_right_ending`;
-  MMMLU `Question, A..D, Answer` (openai/MMMLU) or `question, choices, answer` (cais/mmlu);
-  XQuAD `context, question, answers.text`; MKQA `queries[lang], answers[lang]` (each answer's
-  text and aliases are acceptable); XLSum `text, summary`.
-
-  Returns:
-    The example, or None for an MKQA row without an answer in `lang` (unanswerable).
-  """
-  benchmark = canonical_benchmark(benchmark)
-  where = f"{benchmark}/{lang} row {index}"
-  if benchmark == "XNLI":
-    label = _field(row, "label", where)
-    if label not in (0, 1, 2):
-      raise BenchmarkDataError(f"{where}: label {label!r} is not 0, 1 or 2")
-    prompt = XNLI_PROMPT.format(premise=_field(row, "premise", where),
-                                hypothesis=_field(row, "hypothesis", where))
-    return _choice_example(benchmark, lang, index, prompt, str(label + 1), XNLI_OPTIONS)
-  if benchmark == "XStoryCloze":
-    story = " ".join(str(_field(row, f"input_sentence_{i}", where)).strip() for i in range(1, 5))
-    endings = (str(_field(row, "sentence_quiz1", where)).strip(),
-               str(_field(row, "sentence_quiz2", where)).strip())
-    gold = str(_field(row, "answer_right_ending", where))
-    if gold not in ("1", "2"):
-      raise BenchmarkDataError(f"{where}: answer_right_ending {gold!r} is not 1 or 2")
-    prompt = XSTORYCLOZE_PROMPT.format(story=story, ending1=endings[0], ending2=endings[1])
-    return _choice_example(benchmark, lang, index, prompt, gold, endings)
-  if benchmark == "MMMLU":
-    if "Question" in row:  # openai/MMMLU
-      question = row["Question"]
-      options = tuple(str(_field(row, k, where)) for k in "ABCD")
-      gold = _choice_label(str(_field(row, "Answer", where)), OPTION_LABELS["MMMLU"])
-    else:  # cais/mmlu
-      question = _field(row, "question", where)
-      options = tuple(str(c) for c in _field(row, "choices", where))
-      answer = _field(row, "answer", where)
-      gold = "ABCD"[answer] if answer in (0, 1, 2, 3) else None
-    if len(options) != 4 or gold is None:
-      raise BenchmarkDataError(f"{where}: expected 4 choices and an answer in A-D")
-    prompt = MMMLU_PROMPT.format(question=question, a=options[0], b=options[1], c=options[2],
-                                 d=options[3])
-    return _choice_example(benchmark, lang, index, prompt, gold, options)
-  if benchmark == "XQuAD":
-    texts = list(_field(row, "answers", where).get("text", []))
-    if not texts:
-      raise BenchmarkDataError(f"{where}: no answer text")
-    prompt = XQUAD_PROMPT.format(context=_field(row, "context", where),
-                                 question=_field(row, "question", where))
-    return EvalExample(benchmark, lang, index, prompt, texts[0], "qa")
-  if benchmark == "MKQA":
-    key = _MKQA_KEYS.get(lang, lang)
-    queries = _field(row, "queries", where)
-    if key not in queries:
-      raise BenchmarkDataError(f"{where}: no query in {key!r}")
-    gold = []
-    for answer in _field(row, "answers", where).get(key) or []:
-      for text in [answer.get("text")] + list(answer.get("aliases") or []):
-        if text and text not in gold:
-          gold.append(text)
-    if not gold:
-      return None
-    prompt = MKQA_PROMPT.format(question=queries[key])
-    return EvalExample(benchmark, lang, index, prompt, tuple(gold), "qa")
-  prompt = XLSUM_PROMPT.format(article=_field(row, "text", where))
-  return EvalExample(benchmark, lang, index, prompt, _field(row, "summary", where), "summary")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -380,14 +263,15 @@ def _benchmark_dir(root: pathlib.Path, benchmark: str) -> pathlib.Path:
                           f"(expected {root / benchmark})")
 
 
-def _language_files(bdir: pathlib.Path, lang: str) -> tuple[pathlib.Path, pathlib.Path]:
-  for inst_pattern, ans_pattern in LAYOUTS:
+def _language_files(bdir: pathlib.Path, lang: str) -> tuple[tuple[pathlib.Path, pathlib.Path], int]:
+  """((instruction file, answer file), index of their layout in LAYOUTS)."""
+  for layout, (inst_pattern, ans_pattern) in enumerate(LAYOUTS):
     inst = bdir / inst_pattern.format(lang=lang)
     if inst.is_file():
       ans = bdir / ans_pattern.format(lang=lang)
       if not ans.is_file():
         raise FileNotFoundError(f"{ans}: missing answer file for {inst}")
-      return inst, ans
+      return (inst, ans), layout
   tried = ", ".join(str(bdir / p.format(lang=lang)) for p, _ in LAYOUTS)
   raise FileNotFoundError(f"{bdir}: no instruction file for {lang!r} (tried {tried})")
 
@@ -456,11 +340,33 @@ def _local_example(benchmark: str, lang: str, index: int, inst: Any, answer: Any
       raise BenchmarkDataError(f"{inst_where}: {len(options)} options for labels {labels}")
   else:
     options = parse_options(prompt, labels)
-  gold = _choice_label(answer, labels)
+  gold = choice_label(answer, labels)
   if gold is None:
     raise BenchmarkDataError(f"{ans_where}: answer {answer!r} is not one of the labels "
                              f"{', '.join(labels)}")
   return EvalExample(benchmark, lang, index, prompt, gold, kind, options, labels)
+
+
+def _english_prompts(bdir: pathlib.Path, benchmark: str, lang: str, layout: int, count: int,
+                     inst_path: pathlib.Path) -> list[str | None]:
+  """The parallel English prompt of each of `count` lines of `lang` (module docstring)."""
+  if benchmark in OWN_ENGLISH:
+    path = bdir / ENGLISH_LAYOUTS[layout].format(lang=lang)
+  else:
+    path = bdir / LAYOUTS[layout][0].format(lang="en")
+  if not path.is_file():
+    return [None] * count
+  lines = _read_json_lines(path)
+  if len(lines) != count:
+    raise BenchmarkDataError(f"{path} has {len(lines)} lines but {inst_path} has {count}; the parallel English "
+                             "file must pair up with it line by line")
+  prompts = []
+  for lineno, inst in lines:
+    prompt = inst.get("instruction") if isinstance(inst, dict) else None
+    if not isinstance(prompt, str) or not prompt.strip():
+      raise BenchmarkDataError(f"{path}:line {lineno}: field 'instruction' must be a non-empty string")
+    prompts.append(prompt)
+  return prompts
 
 
 def load_local(root: str | os.PathLike, benchmark: str, langs: Sequence[str] | None = None, *,
@@ -476,7 +382,8 @@ def load_local(root: str | os.PathLike, benchmark: str, langs: Sequence[str] | N
     seed: sampling seed.
 
   Returns:
-    Examples in the order of `langs`, then index.
+    Examples in the order of `langs`, then index, each with its parallel English prompt
+    when the files have one.
 
   Raises:
     FileNotFoundError: a missing directory or file, named.
@@ -492,14 +399,15 @@ def load_local(root: str | os.PathLike, benchmark: str, langs: Sequence[str] | N
   bdir = _benchmark_dir(pathlib.Path(root), benchmark)
   examples = []
   for lang in langs:
-    inst_path, ans_path = _language_files(bdir, lang)
+    (inst_path, ans_path), layout = _language_files(bdir, lang)
     insts, answers = _read_json_lines(inst_path), _read_json_lines(ans_path)
     if len(insts) != len(answers):
       raise BenchmarkDataError(f"{inst_path} has {len(insts)} lines but {ans_path} has "
                                f"{len(answers)}; they must pair up line by line")
+    english = _english_prompts(bdir, benchmark, lang, layout, len(insts), inst_path)
     lang_examples = [
-        _local_example(benchmark, lang, i, inst, answer, f"{inst_path}:line {li}",
-                       f"{ans_path}:line {la}")
+        dataclasses.replace(_local_example(benchmark, lang, i, inst, answer, f"{inst_path}:line {li}",
+                                           f"{ans_path}:line {la}"), english_prompt=english[i])
         for i, ((li, inst), (la, answer)) in enumerate(zip(insts, answers))]
     examples.extend(sample(lang_examples, limit, seed))
   return examples
@@ -511,7 +419,8 @@ def write_local(root: str | os.PathLike, examples: Iterable[EvalExample]) -> lis
 
   Lines are written in index order, so after a round trip an example's index is its line
   number: a sampled subset comes back renumbered 0..n-1. Choice examples store their options
-  and labels next to the instruction, so they load back unchanged even if unparseable.
+  and labels next to the instruction, so they load back unchanged even if unparseable. XLSum
+  examples that carry their parallel English prompts also get `<lang>.english.jsonl`.
 
   Returns:
     The paths written.
@@ -535,7 +444,7 @@ def write_local(root: str | os.PathLike, examples: Iterable[EvalExample]) -> lis
     for a, b in zip(group, group[1:]):
       if a.index == b.index:
         raise ValueError(f"{benchmark}/{lang}: two examples with index {a.index}")
-    inst_lines, ans_lines = [], []
+    inst_lines, ans_lines, en_lines = [], [], []
     for e in group:
       inst = {"instruction": e.prompt}
       if e.options is not None:
@@ -545,50 +454,16 @@ def write_local(root: str | os.PathLike, examples: Iterable[EvalExample]) -> lis
       inst_lines.append(json.dumps(inst, ensure_ascii=False))
       gold = list(e.gold) if isinstance(e.gold, tuple) else e.gold
       ans_lines.append(json.dumps(gold, ensure_ascii=False))
+      en_lines.append(json.dumps({"instruction": e.english_prompt}, ensure_ascii=False))
     inst_pattern, ans_pattern = LAYOUTS[0]
-    for pattern, lines in ((inst_pattern, inst_lines), (ans_pattern, ans_lines)):
+    pairs = [(inst_pattern, inst_lines), (ans_pattern, ans_lines)]
+    if benchmark in OWN_ENGLISH and all(e.english_prompt for e in group):
+      pairs.append((ENGLISH_LAYOUTS[0], en_lines))
+    for pattern, lines in pairs:
       path = root / benchmark / pattern.format(lang=lang)
       files.write_atomic(path, ("\n".join(lines) + "\n").encode("utf-8"))
       written.append(path)
   return written
-
-
-# ---------------------------------------------------------------------------------------------
-# Hugging Face datasets
-
-
-def load_hub(benchmark: str, langs: Sequence[str] | None = None, *, limit: int | None = None,
-             seed: int = 0, cache_dir: str | None = None,
-             revision: str | None = None) -> list[EvalExample]:
-  """Reads one benchmark through `datasets.load_dataset` (needs the hub or a warm cache).
-
-  Sources are given by `hub_source`; rows are mapped by `example_from_row`, and an example's
-  index is its row in the split. Some of these datasets are script-based on the hub, which
-  recent `datasets` versions refuse; `revision="refs/convert/parquet"` reads the hub's
-  parquet conversion instead.
-
-  Args:
-    benchmark: benchmark name.
-    langs: languages (each in the paper's set); None for all ten.
-    limit: at most this many examples per language (`sample`).
-    seed: sampling seed.
-    cache_dir: `datasets` cache directory.
-    revision: dataset revision.
-
-  Returns:
-    Examples in the order of `langs`, then index.
-  """
-  import datasets  # pylint: disable=g-import-not-at-top (only this path needs it)
-  benchmark = canonical_benchmark(benchmark)
-  langs = LANGUAGES[benchmark] if langs is None else tuple(langs)
-  examples = []
-  for lang in langs:
-    path, config, split = hub_source(benchmark, lang)
-    rows = datasets.load_dataset(path, config, split=split, cache_dir=cache_dir,
-                                 revision=revision)
-    mapped = (example_from_row(benchmark, lang, i, row) for i, row in enumerate(rows))
-    examples.extend(sample([e for e in mapped if e is not None], limit, seed))
-  return examples
 
 
 def load(source: str | os.PathLike, benchmarks: Sequence[str] | None = None,
@@ -597,7 +472,7 @@ def load(source: str | os.PathLike, benchmarks: Sequence[str] | None = None,
   """Reads several benchmarks from `source`: "hub", or a local root directory.
 
   Args:
-    source: "hub" for `load_hub`, else a directory for `load_local`.
+    source: "hub" for `benchmarks_hub.load_hub`, else a directory for `load_local`.
     benchmarks: names; None for all six.
     langs: benchmark -> languages; a benchmark not in it gets all its paper languages.
     limit: at most this many examples per (benchmark, language).
@@ -611,7 +486,8 @@ def load(source: str | os.PathLike, benchmarks: Sequence[str] | None = None,
   examples = []
   for name in names:
     if str(source) == "hub":
-      examples.extend(load_hub(name, chosen.get(name), limit=limit, seed=seed))
+      from cc_jax import benchmarks_hub  # pylint: disable=g-import-not-at-top (imports this module)
+      examples.extend(benchmarks_hub.load_hub(name, chosen.get(name), limit=limit, seed=seed))
     else:
       examples.extend(load_local(source, name, chosen.get(name), limit=limit, seed=seed))
   return examples

@@ -431,7 +431,7 @@ def cc_jax_to_hf(model_dir, out_dir, dtype: str | None = None, params: Mapping |
     params: parameters to write instead of the directory's (e.g. a trained state), possibly
       with a `source_select` Decision Maker.
     chat_template: the template the model was trained with, when not the tokenizer's own
-      (a name from cc_jax.data.TEMPLATES or Jinja text); written into the tokenizer.
+      (a name from cc_jax.templates.TEMPLATES or Jinja text); written into the tokenizer.
     shard_bytes: maximum size of one safetensors shard.
   """
   meta = read_model_meta(model_dir)
@@ -459,9 +459,9 @@ def export_hf(cfg: LlamaConfig, params: Mapping, out_dir, *, hf_config: dict | N
   if tokenizer is not None:
     from cc_jax import data
     fmt = data.chat_format(tokenizer, data.TokenizeOptions(chat_template=chat_template))
-    if fmt.template is not None:
-      tokenizer.chat_template = fmt.template
-    eot = tokenizer.convert_ids_to_tokens(fmt.end_ids[0])
+    if fmt.jinja() is not None:
+      tokenizer.chat_template = fmt.jinja()
+    eot = tokenizer.convert_ids_to_tokens(fmt.end_id)
 
   with atomic_dir(pathlib.Path(out_dir), overwrite) as tmp:
     hf_config.pop("torch_dtype", None)

@@ -1,4 +1,4 @@
-"""CC-Tuning training data: read parallel SFT records, render them with a chat template, tokenize.
+"""CC-Tuning training data: read parallel SFT records, encode them with a chat template (templates.py).
 
 Follows LLaMA-Factory 0.9.1 SFT semantics (docs/method.md §1). Batching lives in `batching.py`.
 """
@@ -15,31 +15,10 @@ from absl import logging
 import jax
 import numpy as np
 
+from cc_jax import templates
+
 IGNORE_INDEX = -100  # label value that the loss skips (the PyTorch/LLaMA-Factory convention)
 FORMATS = ("auto", "json", "jsonl", "parquet", "hf", "tfds", "dataset_info")
-
-# Named templates for tokenizers that ship none. "chatml" and "qwen" render a single turn as
-# LLaMA-Factory's templates of the same name do ("qwen" adds its default system prompt);
-# "llama3" is Meta's Llama 3 Instruct template, which also trims the message content.
-_CHATML = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content']"
-    " + '<|im_end|>' + '\n' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
-TEMPLATES = {
-    "chatml": _CHATML,
-    "qwen": ("{% if messages[0]['role'] != 'system' %}"
-             "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
-             + _CHATML),
-    "llama3": (
-        "{% set loop_messages = messages %}{% for message in loop_messages %}"
-        "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
-        " + message['content'] | trim + '<|eot_id|>' %}"
-        "{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}"
-        "{% endfor %}{% if add_generation_prompt %}"
-        "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"),
-}
-# Stands in for message content when probing what a template writes around it.
-_SENTINEL = "CCJAXSENTINEL7f3a"
 
 
 class BadRecordError(ValueError):
@@ -373,6 +352,9 @@ def load_records(source: str, options: SourceOptions = SourceOptions(), *,
 # ---------------------------------------------------------------------------------------------
 # Tokenization
 
+TRUNCATIONS = ("keep_generation_prompt", "right")
+_WARN_FRACTION = 0.02  # truncating more of the examples than this is a warning, not an info line
+
 
 @dataclasses.dataclass(frozen=True)
 class TokenizeOptions:
@@ -381,10 +363,15 @@ class TokenizeOptions:
   Attributes:
     cutoff_len: most tokens of a non-English sequence (prompt + response + end token).
     en_cutoff_len: most tokens of an English prompt; None means `cutoff_len`.
-    chat_template: a name in TEMPLATES or Jinja text, overriding the tokenizer's template.
-    fallback_template: name in TEMPLATES used when the tokenizer has no template; None: error.
+    chat_template: a name in templates.TEMPLATES or Jinja text, overriding the tokenizer's.
+    fallback_template: name in templates.TEMPLATES used when the tokenizer has no template;
+      None: error.
     default_system: system prompt for records without one; None keeps the template's default.
-    end_of_turn: text closing the response; None detects it from the template (see ChatFormat).
+    end_of_turn: Jinja templates only: the text closing the response; None detects it.
+    anchor: "last_prompt_token" (cc_jax) or "authors" (the authors' template-marker rule).
+    truncation: "keep_generation_prompt" cuts a long prompt's end of content but keeps the
+      end of the user turn and the generation prompt, so the anchor survives; "right" cuts
+      from the right as LLaMA-Factory does (the generation prompt may be cut away).
   """
   cutoff_len: int = 1024
   en_cutoff_len: int | None = None
@@ -392,81 +379,28 @@ class TokenizeOptions:
   fallback_template: str | None = "chatml"
   default_system: str | None = None
   end_of_turn: str | None = None
+  anchor: str = "last_prompt_token"
+  truncation: str = "keep_generation_prompt"
+
+  def __post_init__(self):
+    if self.truncation not in TRUNCATIONS:
+      raise ValueError(f"data.truncation={self.truncation!r}; expected one of {TRUNCATIONS}")
+    if self.anchor not in templates.ANCHORS:
+      raise ValueError(f"cc.anchor={self.anchor!r}; expected one of {templates.ANCHORS}")
 
   @classmethod
-  def from_config(cls, cfg: Any) -> "TokenizeOptions":
+  def from_config(cls, cfg: Any, anchor: str = "last_prompt_token") -> "TokenizeOptions":
+    """From `config.data` (and `config.cc.anchor`)."""
     return cls(cutoff_len=cfg.cutoff_len, en_cutoff_len=cfg.en_cutoff_len or None,
-               chat_template=cfg.chat_template or None,
-               fallback_template=cfg.fallback_template or None,
-               default_system=cfg.default_system or None, end_of_turn=cfg.end_of_turn or None)
+               chat_template=cfg.chat_template or None, fallback_template=cfg.fallback_template or None,
+               default_system=cfg.default_system or None, end_of_turn=cfg.end_of_turn or None,
+               anchor=anchor, truncation=cfg.get("truncation", "keep_generation_prompt"))
 
 
-@dataclasses.dataclass(frozen=True)
-class ChatFormat:
-  """What a chat template writes around one turn, probed once per tokenizer.
-
-  Attributes:
-    template: Jinja text passed to `apply_chat_template`; None uses the tokenizer's own.
-    end_ids: ids appended after every response. Rule: render [user, assistant=SENTINEL]
-      without a generation prompt and take the text after SENTINEL, stripped of whitespace
-      (ChatML "<|im_end|>\\n" -> "<|im_end|>", llama3 "<|eot_id|>"); if that is empty,
-      the tokenizer's eos token. This matches LLaMA-Factory, whose assistant turn is
-      content + stop word and whose separator newline belongs to the next turn.
-    prompt_tail: text the template writes after the user content when a generation prompt
-      is asked for (ChatML: "<|im_end|>\\n<|im_start|>assistant\\n"). Prompt truncation
-      always keeps its tokens, so the anchor stays the end of the generation prompt.
-  """
-  template: str | None
-  end_ids: tuple[int, ...]
-  prompt_tail: str
-
-
-def _render(tokenizer: Any, template: str | None, conversations: list[list[dict[str, str]]],
-            add_generation_prompt: bool) -> list[str]:
-  return tokenizer.apply_chat_template(conversations, chat_template=template, tokenize=False,
-                                       add_generation_prompt=add_generation_prompt)
-
-
-def _resolve_template(tokenizer: Any, options: TokenizeOptions) -> str | None:
-  name = options.chat_template
-  if name is None:
-    if tokenizer.chat_template:
-      return None
-    if options.fallback_template is None:
-      raise ValueError("the tokenizer has no chat template and no fallback_template is set")
-    logging.warning("tokenizer has no chat template; using the %r template",
-                    options.fallback_template)
-    name = options.fallback_template
-  if name in TEMPLATES:
-    return TEMPLATES[name]
-  if "{{" in name or "{%" in name:
-    return name
-  raise ValueError(f"unknown chat template {name!r}; known: {sorted(TEMPLATES)}")
-
-
-def _after_sentinel(text: str) -> str:
-  return text[text.rindex(_SENTINEL) + len(_SENTINEL):]
-
-
-def chat_format(tokenizer: Any, options: TokenizeOptions = TokenizeOptions()) -> ChatFormat:
-  """Probes the chat template: which ids close a response, which text ends every prompt."""
-  template = _resolve_template(tokenizer, options)
-  user_turn = [{"role": "user", "content": _SENTINEL}]
-  tail = _after_sentinel(_render(tokenizer, template, [user_turn], True)[0])
-  end_text = options.end_of_turn
-  if end_text is None:
-    reply = [{"role": "user", "content": "x"}, {"role": "assistant", "content": _SENTINEL}]
-    end_text = _after_sentinel(_render(tokenizer, template, [reply], False)[0]).strip()
-    end_text = end_text or tokenizer.eos_token
-  if not end_text:
-    raise ValueError("cannot find the end-of-turn text: the template writes nothing after a "
-                     "reply and the tokenizer has no eos token; set end_of_turn")
-  end_ids = tuple(tokenizer(end_text, add_special_tokens=False)["input_ids"])
-  if len(end_ids) != 1:
-    logging.warning("end-of-turn text %r is %d tokens, not one special token", end_text,
-                    len(end_ids))
-  logging.info("chat format: end of turn %r %s, prompt tail %r", end_text, end_ids, tail)
-  return ChatFormat(template=template, end_ids=end_ids, prompt_tail=tail)
+def chat_format(tokenizer: Any, options: TokenizeOptions = TokenizeOptions()) -> templates.PromptFormat:
+  """The prompt format the options name (see cc_jax.templates)."""
+  return templates.prompt_format(tokenizer, options.chat_template, options.fallback_template,
+                                 options.default_system, options.end_of_turn)
 
 
 def pad_token_id(tokenizer: Any) -> int:
@@ -475,35 +409,6 @@ def pad_token_id(tokenizer: Any) -> int:
   if pad is None:
     raise ValueError("the tokenizer has neither a pad nor an eos token")
   return int(pad)
-
-
-def render_prompts(tokenizer: Any, fmt: ChatFormat, prompts: Sequence[str],
-                   systems: Sequence[str | None] | None = None) -> list[str]:
-  """Chat-template text of [system?] + user turns, each ending with the generation prompt."""
-  systems = systems if systems is not None else [None] * len(prompts)
-  conversations = [([{"role": "system", "content": s}] if s else [])
-                   + [{"role": "user", "content": p}] for p, s in zip(prompts, systems)]
-  return _render(tokenizer, fmt.template, conversations, True)
-
-
-def _encode_prompts(tokenizer: Any, fmt: ChatFormat, prompts: Sequence[str],
-                    systems: Sequence[str | None] | None) -> tuple[list[str], list[list[int]]]:
-  texts = render_prompts(tokenizer, fmt, prompts, systems)
-  for text in texts:
-    if not text.endswith(fmt.prompt_tail):
-      raise ValueError(f"rendered prompt does not end with the generation prompt "
-                       f"{fmt.prompt_tail!r}: {text[-200:]!r}")
-  return texts, tokenizer(texts, add_special_tokens=False)["input_ids"]
-
-
-def encode_prompts(tokenizer: Any, fmt: ChatFormat, prompts: Sequence[str],
-                   systems: Sequence[str | None] | None = None) -> list[list[int]]:
-  """Token ids of rendered prompts (e.g. for generation, with `batching.left_pad_prompts`).
-
-  The text is tokenized with add_special_tokens=False, so the only BOS is the one the
-  template writes (as in transformers' apply_chat_template). No truncation.
-  """
-  return _encode_prompts(tokenizer, fmt, prompts, systems)[1]
 
 
 def infer_seqlen(source_len: int, target_len: int, cutoff_len: int) -> tuple[int, int]:
@@ -517,19 +422,6 @@ def infer_seqlen(source_len: int, target_len: int, cutoff_len: int) -> tuple[int
   new_target_len = min(max_target_len, target_len)
   new_source_len = min(max(cutoff_len - new_target_len, 0), source_len)
   return new_source_len, new_target_len
-
-
-def _tail_count(tokenizer: Any, fmt: ChatFormat, text: str, prompt_ids: Sequence[int]) -> int:
-  """Number of trailing prompt tokens that spell the prompt tail. Found as the ids past the
-  common prefix of the prompt and its tokenized head, so a token straddling the border counts
-  as tail, and no offsets (fast tokenizers only) are needed."""
-  head = tokenizer(text[:len(text) - len(fmt.prompt_tail)], add_special_tokens=False)["input_ids"]
-  common = 0
-  for a, b in zip(prompt_ids, head):
-    if a != b:
-      break
-    common += 1
-  return len(prompt_ids) - common
 
 
 def cut_prompt(prompt_ids: Sequence[int], keep: int, tail: int) -> list[int]:
@@ -552,75 +444,98 @@ class Example:
   en_input_ids: np.ndarray  # (T_en,) int32: English prompt only
   source: str = ""
   lang: str | None = None
+  anchor_index: int | None = None  # None: the last prompt token (see `anchor`)
+  en_anchor_index: int | None = None
 
   @property
   def anchor(self) -> int:
-    """Index of the last prompt token, where the answer starts (docs/method.md notation)."""
-    return self.prompt_len - 1
+    """Where the English vector goes (docs/method.md notation): the last prompt token, the
+    token after which the answer starts, unless cc.anchor=authors chose another."""
+    return self.prompt_len - 1 if self.anchor_index is None else self.anchor_index
 
   @property
   def en_anchor(self) -> int:
-    return len(self.en_input_ids) - 1
+    return len(self.en_input_ids) - 1 if self.en_anchor_index is None else self.en_anchor_index
 
   @property
   def num_label_tokens(self) -> int:
     return len(self.input_ids) - self.prompt_len
 
 
-def _make_example(record: Record, prompt: list[int], target: list[int], en: list[int]) -> Example:
+def _make_example(record: Record, prompt: list[int], target: list[int], en: list[int],
+                  rule: templates.AnchorRule | None) -> Example:
   ids = np.asarray(prompt + target, np.int32)
   labels = np.concatenate([np.full(len(prompt), IGNORE_INDEX, np.int32), ids[len(prompt):]])
-  return Example(input_ids=ids, labels=labels, prompt_len=len(prompt),
-                 en_input_ids=np.asarray(en, np.int32), source=record.source, lang=record.lang)
+  anchors = {}
+  if rule is not None:
+    anchors = dict(anchor_index=rule.find(prompt, record.source or "prompt"),
+                   en_anchor_index=rule.find(en, f"{record.source or 'prompt'} (English)"))
+  return Example(input_ids=ids, labels=labels, prompt_len=len(prompt), en_input_ids=np.asarray(en, np.int32),
+                 source=record.source, lang=record.lang, **anchors)
+
+
+def _truncate(prompt: templates.Prompt, keep: int, truncation: str) -> list[int]:
+  if truncation == "right":
+    return prompt.ids[:keep]
+  return cut_prompt(prompt.ids, keep, prompt.tail)
 
 
 def tokenize_records(records: Sequence[Record], tokenizer: Any,
                      options: TokenizeOptions = TokenizeOptions(),
-                     fmt: ChatFormat | None = None) -> list[Example]:
+                     fmt: templates.PromptFormat | None = None) -> list[Example]:
   """Tokenizes records as LLaMA-Factory SFT does, keeping the anchor through truncation.
 
-  Prompt, response and end-of-turn are tokenized separately and concatenated (as
-  LLaMA-Factory tokenizes template fragments). The non-English sequence is cut to
-  `cutoff_len` with `infer_seqlen`; the English prompt to `en_cutoff_len`. An example whose
-  response is cut away entirely is excluded and logged with its source location.
+  Prompt and response (+ end of turn) are encoded separately and concatenated, as
+  LLaMA-Factory encodes template fragments (a named template encodes each of its fragments
+  on its own too, see cc_jax.templates). The non-English sequence is cut to `cutoff_len`
+  with `infer_seqlen`; the English prompt to `en_cutoff_len`. An example whose response is
+  cut away entirely is excluded and logged with its source location. Cutting more than 2% of
+  the prompts is a warning that names the key to raise.
 
   Args:
     records: from `load_records`.
     tokenizer: a `transformers` tokenizer.
-    options: cutoffs and template choices.
-    fmt: a probed ChatFormat; default `chat_format(tokenizer, options)`.
+    options: cutoffs, template choices, anchor rule.
+    fmt: a prompt format; default `chat_format(tokenizer, options)`.
 
   Returns:
     One Example per kept record, in record order.
   """
   fmt = fmt or chat_format(tokenizer, options)
+  rule = fmt.anchor_rule(options.anchor)
   en_cutoff = options.en_cutoff_len or options.cutoff_len
-  min_tail = len(tokenizer(fmt.prompt_tail, add_special_tokens=False)["input_ids"])
-  if min(options.cutoff_len, en_cutoff) <= min_tail:
-    raise ValueError(f"cutoff_len {options.cutoff_len}/{en_cutoff} leaves no room beyond the "
-                     f"{min_tail}-token generation prompt")
   systems = [r.system or options.default_system for r in records]
-  texts, prompts = _encode_prompts(tokenizer, fmt, [r.prompt for r in records], systems)
-  en_texts, en_prompts = _encode_prompts(tokenizer, fmt, [r.prompt_en for r in records], systems)
+  prompts = fmt.encode([r.prompt for r in records], systems)
+  en_prompts = fmt.encode([r.prompt_en for r in records], systems)
+  min_tail = min(p.tail for p in prompts + en_prompts)
+  if options.truncation == "keep_generation_prompt" and min(options.cutoff_len, en_cutoff) <= min_tail:
+    raise ValueError(f"data.cutoff_len {options.cutoff_len} / data.en_cutoff_len {en_cutoff} leaves no room "
+                     f"beyond the {min_tail}-token generation prompt")
   responses = tokenizer([r.response for r in records], add_special_tokens=False)["input_ids"]
-  examples, empty, cut = [], [], 0
-  for i, (record, prompt, en) in enumerate(zip(records, prompts, en_prompts)):
-    target = list(responses[i]) + list(fmt.end_ids)
-    keep_prompt, keep_target = infer_seqlen(len(prompt), len(target), options.cutoff_len)
-    if keep_prompt < len(prompt):
+  examples, empty, cut, en_cut = [], [], 0, 0
+  for record, prompt, en, response in zip(records, prompts, en_prompts, responses):
+    target = list(response) + list(fmt.end_ids)
+    keep_prompt, keep_target = infer_seqlen(len(prompt.ids), len(target), options.cutoff_len)
+    prompt_ids = prompt.ids
+    if keep_prompt < len(prompt.ids):
       cut += 1
-      prompt = cut_prompt(prompt, keep_prompt, _tail_count(tokenizer, fmt, texts[i], prompt))
+      prompt_ids = _truncate(prompt, keep_prompt, options.truncation)
       # Keeping the tail may exceed the prompt's share; the response gives way.
-      keep_target = min(keep_target, options.cutoff_len - len(prompt))
-    if len(en) > en_cutoff:
-      en = cut_prompt(en, en_cutoff, _tail_count(tokenizer, fmt, en_texts[i], en))
+      keep_target = min(keep_target, options.cutoff_len - len(prompt_ids))
+    en_ids = en.ids
+    if len(en.ids) > en_cutoff:
+      en_cut += 1
+      en_ids = _truncate(en, en_cutoff, options.truncation)
     if keep_target <= 0:
       empty.append(record.source)
       continue
-    examples.append(_make_example(record, list(prompt), target[:keep_target], list(en)))
-  if cut:
-    logging.info("truncated the prompt of %d of %d examples to cutoff_len %d", cut, len(records),
-                 options.cutoff_len)
+    examples.append(_make_example(record, list(prompt_ids), target[:keep_target], list(en_ids), rule))
+  for count, what, key, limit in ((cut, "prompt", "data.cutoff_len", options.cutoff_len),
+                                  (en_cut, "English prompt", "data.en_cutoff_len", en_cutoff)):
+    if count:
+      log = logging.warning if count > _WARN_FRACTION * len(records) else logging.info
+      log("truncated the %s of %d of %d examples (%.1f%%) to %s=%d; raise %s to keep them whole", what, count,
+          len(records), 100 * count / len(records), key, limit, key)
   if empty:
     logging.warning("excluded %d examples left with no label tokens by cutoff_len %d:\n  %s",
                     len(empty), options.cutoff_len, "\n  ".join(empty))

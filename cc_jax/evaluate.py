@@ -2,12 +2,22 @@
 connection), score, and write predictions, results, a table and a chart (docs/method.md §5).
 
 Modes of a trained run:
-  plain     generation without the connection (the only mode of an `sft` run)
+  plain     generation without the connection (the only mode of an `sft` run or a base model)
   matrix    CC with the Transform Matrix: E_hat = S X (the paper's inference)
   identity  CC with S in place of E_hat (ablation: no matrix)
   oracle    CC with the real activations of the parallel English prompt (an upper bound;
-            needs the benchmark's `en` file, matched by index)
+            where each benchmark's parallel English comes from: cc_jax/benchmarks.py)
 Decoding is greedy and selection argmax by default, so a run is deterministic.
+
+Protocols (`EvalOptions.protocol`, documented side by side in docs/method.md §7):
+  cc_jax    the prompt encoded by the run's template once (one BOS); generation stops at the
+            template's end of turn (and the tokenizer's eos).
+  authors   the authors' inference scripts: the template rendered as text with the BOS text,
+            then tokenized with the tokenizer's special tokens (two BOS for llama3 and
+            mistral); generation stops only at the model config's eos_token_id.
+Both: greedy, `max_new_tokens` (40 in the paper), special tokens skipped in decoding. Prompts
+are never truncated unless they exceed `max_prompt_len` (default: the model's context less the
+new tokens); then the middle of the content is cut and the prompt is counted in the results.
 """
 
 from __future__ import annotations
@@ -22,10 +32,11 @@ import jax
 import numpy as np
 import tqdm
 
-from cc_jax import batching, benchmarks, data, generate, metrics, report, runtime, transform
+from cc_jax import batching, benchmarks, choice, convert, data, generate, metrics, report, runtime, transform
 from cc_jax.benchmarks import EvalExample
 
 MODES = ("plain", "matrix", "identity", "oracle")
+PROTOCOLS = ("cc_jax", "authors")
 PREFIX_STEP = 8  # shared prefixes are cut to a multiple of this
 
 
@@ -36,40 +47,58 @@ class EvalOptions:
   languages: tuple[str, ...] = ()  # () = each benchmark's paper languages that are present
   limit: int = 0  # examples per (benchmark, language); 0 = all
   seed: int = 0
-  modes: tuple[str, ...] = ("matrix",)  # for cc runs; sft runs always use "plain"
+  modes: tuple[str, ...] = ("matrix",)  # for cc runs; sft runs and base models always use "plain"
   batch_size: int = 16
   max_new_tokens: int = 40  # the paper's
-  max_prompt_len: int = 1024  # longer prompts keep their head and the generation prompt
+  max_prompt_len: int = 0  # 0 = the model's context less max_new_tokens; longer prompts lose their middle
   stop_strings: tuple[str, ...] = ()  # cut each prediction at the first of these
   shared_prefix: bool = True  # prefill the tokens every prompt opens with once per run, not per prompt
   label: str = ""  # method name in the tables; "" = the run's method (+ mode)
+  protocol: str = "cc_jax"  # cc_jax | authors (module docstring)
 
   def __post_init__(self):
     bad = [m for m in self.modes if m not in MODES]
     if bad:
       raise ValueError(f"eval.modes: unknown {bad}; expected some of {MODES}")
+    if self.protocol not in PROTOCOLS:
+      raise ValueError(f"eval.protocol={self.protocol!r}; expected one of {PROTOCOLS}")
+    if self.max_prompt_len < 0:
+      raise ValueError(f"eval.max_prompt_len={self.max_prompt_len} must be >= 0 (0: the model's context)")
 
 
-def _languages(options: EvalOptions) -> dict[str, tuple[str, ...]] | None:
-  if str(options.source) == "hub":
-    return {b: tuple(l for l in options.languages if l in benchmarks.LANGUAGES[benchmarks.canonical_benchmark(b)])
-            or None for b in options.benchmarks} if options.languages else None
-  chosen = {}
+def selected_languages(options: EvalOptions) -> dict[str, tuple[str, ...]]:
+  """benchmark -> the languages to evaluate. With `options.languages`, a benchmark without any
+  of them is skipped, and the skip is logged; naming a language no benchmark has is an error."""
+  chosen, skipped = {}, []
   for b in options.benchmarks:
-    present = benchmarks.available_languages(options.source, b)
+    b = benchmarks.canonical_benchmark(b)
+    if str(options.source) == "hub":
+      present = benchmarks.LANGUAGES[b]
+    else:
+      present = benchmarks.available_languages(options.source, b)
+      if not present:
+        raise FileNotFoundError(f"{options.source}: no files for benchmark {b}")
     if options.languages:
       present = tuple(l for l in present if l in options.languages)
-    if not present:
-      raise FileNotFoundError(f"{options.source}: no files for benchmark {b}"
-                              f"{' in ' + ','.join(options.languages) if options.languages else ''}")
+      if not present:
+        skipped.append(b)
+        continue
     chosen[b] = present
+  if options.languages:
+    unknown = [l for l in options.languages if not any(l in langs for langs in chosen.values())]
+    if not chosen or unknown:
+      raise ValueError(f"eval.languages={options.languages}: no benchmark of {options.source} has "
+                       f"{', '.join(unknown or options.languages)} (benchmarks: {', '.join(options.benchmarks)})")
+    if skipped:
+      logging.warning("eval.languages=%s: skipping %s (none of these languages); evaluating %s",
+                      ",".join(options.languages), ", ".join(skipped),
+                      ", ".join(f"{b} ({','.join(l)})" for b, l in chosen.items()))
   return chosen
 
 
 def load_examples(options: EvalOptions) -> list[EvalExample]:
-  langs = _languages(options)
-  return benchmarks.load(options.source, options.benchmarks, {k: v for k, v in (langs or {}).items() if v},
-                         limit=options.limit or None, seed=options.seed)
+  langs = selected_languages(options)
+  return benchmarks.load(options.source, list(langs), langs, limit=options.limit or None, seed=options.seed)
 
 
 def score(example: EvalExample, prediction: str) -> dict[str, float] | None:
@@ -77,10 +106,42 @@ def score(example: EvalExample, prediction: str) -> dict[str, float] | None:
   if example.kind == "choice":
     labels = example.option_labels or benchmarks.OPTION_LABELS[example.benchmark]
     markers = "digits" if labels[0].isdigit() else "letters"
-    return metrics.score_choice(prediction, example.gold, example.options or labels, markers=markers)
+    return choice.score_choice(prediction, example.gold, example.options or labels, markers=markers)
   if example.kind == "qa":
     return metrics.score_qa(prediction, example.gold, unanswerable="skip")
   return metrics.score_summary(prediction, example.gold)
+
+
+def cut_middle(prompt_ids: Sequence[int], keep: int) -> list[int]:
+  """Keeps `keep` tokens of a long prompt: its first ceil(keep/2) and last floor(keep/2). The
+  opening (template head, instruction) and the end (question or options, the generation
+  prompt) survive; the middle of the content (a passage, an article) is what goes."""
+  if len(prompt_ids) <= keep:
+    return list(prompt_ids)
+  tail = keep // 2
+  return list(prompt_ids[:keep - tail]) + list(prompt_ids[len(prompt_ids) - tail:])
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalPrompt:
+  """An encoded prompt: ids, the anchor's index in them, and how many tokens were cut."""
+  ids: list[int]
+  anchor: int
+  cut: int = 0
+
+  @property
+  def anchor_offset(self) -> int:
+    return len(self.ids) - 1 - self.anchor
+
+
+def _stop_ids(trained: runtime.TrainedModel, fmt, protocol: str) -> np.ndarray:
+  """What ends generation: the template's stop ids, or (authors) the model config's eos."""
+  if protocol == "cc_jax":
+    return np.asarray(fmt.stop_ids, np.int32)
+  base = runtime.model_dir(trained.train_config)
+  eos = convert.read_model_meta(base)["hf_config"].get("eos_token_id") if base else None
+  eos = trained.tokenizer.eos_token_id if eos is None else eos
+  return np.asarray(eos if isinstance(eos, list) else [eos], np.int32)
 
 
 class Generator:
@@ -89,39 +150,50 @@ class Generator:
 
   def __init__(self, trained: runtime.TrainedModel, options: EvalOptions, matrix=None):
     self.trained, self.options, self.matrix = trained, options, matrix
-    tokenizer = trained.tokenizer
-    self.fmt = data.chat_format(tokenizer, data.TokenizeOptions.from_config(trained.train_config.data))
-    self.tail = len(tokenizer(self.fmt.prompt_tail, add_special_tokens=False)["input_ids"])
+    tokenizer, train_config = trained.tokenizer, trained.train_config
+    self.fmt = data.chat_format(tokenizer, data.TokenizeOptions.from_config(train_config.data))
+    self.rule = self.fmt.anchor_rule(train_config.cc.get("anchor", "last_prompt_token"))
     self.pad_id = data.pad_token_id(tokenizer)
-    self.eos = np.asarray(self.fmt.end_ids + ((tokenizer.eos_token_id,) if tokenizer.eos_token_id is not None
-                                              else ()), np.int32)
-    self.buckets = batching.prompt_buckets(options.max_prompt_len)
+    self.eos = _stop_ids(trained, self.fmt, options.protocol)
+    context = trained.model.cfg.max_position_embeddings
+    self.max_prompt_len = options.max_prompt_len or max(context - options.max_new_tokens, 1)
 
-  def encode(self, prompts: Sequence[str]) -> list[list[int]]:
-    ids = data.encode_prompts(self.trained.tokenizer, self.fmt, list(prompts))
-    return [data.cut_prompt(p, self.options.max_prompt_len, self.tail) for p in ids]
+  def encode(self, prompts: Sequence[str]) -> list[EvalPrompt]:
+    if self.options.protocol == "authors":  # the template as text, tokenized with special tokens
+      texts = self.fmt.render(list(prompts))
+      ids = [list(i) for i in self.trained.tokenizer(texts)["input_ids"]]
+    else:
+      ids = self.fmt.encode_ids(list(prompts))
+    out = []
+    for i in ids:
+      kept = cut_middle(i, self.max_prompt_len)
+      anchor = len(kept) - 1 if self.rule is None else self.rule.find(kept)
+      out.append(EvalPrompt(kept, anchor, len(i) - len(kept)))
+    return out
 
-  def shared_prefix(self, prompt_ids: Sequence[Sequence[int]]) -> list[int]:
-    """The tokens all `prompt_ids` open with, cut to a multiple of PREFIX_STEP (fewer compiled
-    shapes) and leaving each prompt at least its last token (the anchor); [] when off."""
-    if not (self.options.shared_prefix and prompt_ids):
+  def shared_prefix(self, prompts: Sequence[EvalPrompt]) -> list[int]:
+    """The tokens all `prompts` open with, cut to a multiple of PREFIX_STEP (fewer compiled
+    shapes) and ending before every anchor; [] when off."""
+    if not (self.options.shared_prefix and prompts):
       return []
-    common = os.path.commonprefix([list(p) for p in prompt_ids])
-    length = min(len(common), min(len(p) for p in prompt_ids) - 1)
+    common = os.path.commonprefix([p.ids for p in prompts])
+    length = min(len(common), min(p.anchor for p in prompts))
     length -= length % PREFIX_STEP
     window = self.trained.model.cfg.sliding_window  # the cache must fit in it (generate._fresh_cache)
-    if window is not None and length + self.options.max_prompt_len + self.options.max_new_tokens > window:
+    longest = max(len(p.ids) for p in prompts)
+    if window is not None and length + longest + self.options.max_new_tokens > window:
       return []
     return common[:length]
 
-  def run(self, prompt_ids: list[list[int]], mode: str, english_ids: list[list[int]] | None = None,
+  def run(self, prompts: list[EvalPrompt], mode: str, english: list[EvalPrompt] | None = None,
           progress=None) -> list[str]:
-    """Predictions for `prompt_ids`, in order. Batches are sorted by length (less padding);
+    """Predictions for `prompts`, in order. Batches are sorted by length (less padding);
     the last batch is filled with copies so every batch has the same shape."""
-    order = sorted(range(len(prompt_ids)), key=lambda i: (len(prompt_ids[i]), i))
+    order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i].ids), i))
     size = self.options.batch_size
-    texts: list[str | None] = [None] * len(prompt_ids)
-    prefix_ids = self.shared_prefix(prompt_ids)
+    texts: list[str | None] = [None] * len(prompts)
+    buckets = batching.prompt_buckets(max(len(p.ids) for p in prompts + (english or [])))
+    prefix_ids = self.shared_prefix(prompts)
     prefix = None
     if prefix_ids:
       prefix = generate.prefill_prefix(self.trained.model, self.trained.params, np.asarray(prefix_ids, np.int32))
@@ -129,28 +201,33 @@ class Generator:
       rows = order[start:start + size]
       real = len(rows)
       rows = rows + [rows[-1]] * (size - real)
-      tokens, mask = generate.left_pad([prompt_ids[i][len(prefix_ids):] for i in rows], self.pad_id, self.buckets)
-      english = None
+      batch = [prompts[i] for i in rows]
+      tokens, mask = generate.left_pad([p.ids[len(prefix_ids):] for p in batch], self.pad_id, buckets)
+      english_batch = None
       if mode == "oracle":
-        english = generate.left_pad([english_ids[i] for i in rows], self.pad_id, self.buckets)
-      new, lengths = self._generate(tokens, mask, mode, english, prefix)
+        en = [english[i] for i in rows]
+        en_tokens, en_mask = generate.left_pad([p.ids for p in en], self.pad_id, buckets)
+        english_batch = (en_tokens, en_mask, _anchor_columns(en, en_tokens.shape[1]))
+      new, lengths = self._generate(tokens, mask, mode, english_batch, prefix, batch)
       new, lengths = np.asarray(new), np.asarray(lengths)
       for j in range(real):
         ids = new[j, :lengths[j]].tolist()
-        if ids and ids[-1] in self.eos:
-          ids = ids[:-1]
+        if ids and ids[-1] in self.eos and self.options.protocol == "cc_jax":
+          ids = ids[:-1]  # the authors' scripts decode the stopping token too (skipped if special)
         texts[rows[j]] = self._cut(self.trained.tokenizer.decode(ids, skip_special_tokens=True))
       if progress is not None:
         progress.update(real)
     return texts
 
-  def _generate(self, tokens, mask, mode: str, english, prefix):
+  def _generate(self, tokens, mask, mode: str, english, prefix, batch: list[EvalPrompt]):
     trained, n = self.trained, self.options.max_new_tokens
     if mode == "plain":
       return generate.generate(trained.model, trained.params, tokens, mask, self.eos, prefix=prefix, max_new_tokens=n)
     matrix = self.matrix if mode == "matrix" else None
+    T = tokens.shape[1]
     return generate.cc_generate(trained.model, trained.params, tokens, mask, self.eos, matrix, english,
-                                prefix=prefix, max_new_tokens=n)
+                                prefix=prefix, anchor_B=_anchor_columns(batch, T), max_new_tokens=n,
+                                recompute=generate.recompute_width([p.anchor_offset for p in batch], T))
 
   def _cut(self, text: str) -> str:
     for stop in self.options.stop_strings:
@@ -159,50 +236,85 @@ class Generator:
     return text.strip()
 
 
+def _anchor_columns(prompts: Sequence[EvalPrompt], length: int) -> np.ndarray:
+  """Each left-padded prompt's anchor column in a batch of `length` columns."""
+  return np.asarray([length - 1 - p.anchor_offset for p in prompts], np.int32)
+
+
 def evaluate_run(workdir, options: EvalOptions, out_dir=None, step: int | None = None,
                  progress: bool = True) -> list[report.ScoredPrediction]:
   """Evaluates a training run on the benchmarks and writes the report into `out_dir`
   (default `<workdir>/eval`). Returns the scored predictions."""
   trained = runtime.load_trained(workdir, step)
+  return _evaluate_and_write(trained, options, workdir, out_dir or pathlib.Path(workdir) / "eval", progress)
+
+
+def evaluate_model(config, options: EvalOptions, out_dir, progress: bool = True) -> list[report.ScoredPrediction]:
+  """Evaluates the model of `config.model.path` itself (a converted or base model, no training
+  run) in plain mode and writes the report into `out_dir`."""
+  return _evaluate_and_write(runtime.load_model(config), options, None, out_dir, progress)
+
+
+def _evaluate_and_write(trained, options, workdir, out_dir, progress) -> list[report.ScoredPrediction]:
   records = evaluate_examples(trained, load_examples(options), options, workdir, progress)
   if jax.process_index() == 0:  # every process generated the same predictions; one writes
-    report.write_report(out_dir or pathlib.Path(workdir) / "eval", records)
+    report.write_report(out_dir, records)
   return records
+
+
+def _english_prompts(examples: Sequence[EvalExample]) -> dict[tuple[str, str, int], str]:
+  """(benchmark, lang, index) -> the parallel English prompt: the example's own, else (hub
+  sources) the English example of the same index, for benchmarks whose sets are parallel."""
+  english = {(e.benchmark, e.index): e.prompt for e in examples
+             if e.lang == "en" and e.benchmark not in benchmarks.OWN_ENGLISH}
+  out = {}
+  for e in examples:
+    prompt = e.english_prompt or english.get((e.benchmark, e.index))
+    if prompt is not None:
+      out[(e.benchmark, e.lang, e.index)] = prompt
+  return out
 
 
 def evaluate_examples(trained: runtime.TrainedModel, examples: Sequence[EvalExample], options: EvalOptions,
                       workdir=None, progress: bool = True) -> list[report.ScoredPrediction]:
   """Generates and scores `examples` with every mode of `options` (a cc run's matrix is read
   from `<workdir>/matrix` and must belong to the same checkpoint)."""
-  method = trained.train_config.cc.method
-  modes = ("plain",) if method == "sft" else options.modes
+  method = trained.method
+  modes = options.modes if method == "cc" else ("plain",)
   matrix = None
   if "matrix" in modes:
     cfg = trained.model.cfg
     matrix, _ = transform.load(pathlib.Path(workdir) / "matrix", num_layers=cfg.num_layers,
                                hidden_size=cfg.hidden_size, checkpoint=trained.checkpoint)
   generator = Generator(trained, options, matrix)
-  english = {(e.benchmark, e.index): e for e in examples if e.lang == "en"}
+  english = _english_prompts(examples)
   records = []
   for bench in dict.fromkeys(e.benchmark for e in examples):
     items = [e for e in examples if e.benchmark == bench]
-    prompt_ids = generator.encode([e.prompt for e in items])
+    prompts = generator.encode([e.prompt for e in items])
+    cut = sum(p.cut > 0 for p in prompts)
+    if cut:
+      logging.warning("%s: %d of %d prompts exceed eval.max_prompt_len=%d tokens; the middle of their content "
+                      "was cut (counted as prompts_cut in the results)", bench, cut, len(prompts),
+                      generator.max_prompt_len)
     for mode in modes:
-      label = options.label or (method if method == "sft" else f"{method}-{mode}")
-      run_items, run_ids, en_ids = items, prompt_ids, None
+      label = options.label or (method if method != "cc" else f"{method}-{mode}")
+      run_items, run_prompts, en_prompts = items, prompts, None
       if mode == "oracle":
-        keep = [k for k, e in enumerate(items) if (bench, e.index) in english]
+        keep = [k for k, e in enumerate(items) if (bench, e.lang, e.index) in english]
         if len(keep) < len(items):
           logging.warning("%s: oracle mode skips %d examples without a parallel English prompt", bench,
                           len(items) - len(keep))
-        run_items, run_ids = [items[k] for k in keep], [prompt_ids[k] for k in keep]
-        en_ids = generator.encode([english[(bench, e.index)].prompt for e in run_items])
+        run_items, run_prompts = [items[k] for k in keep], [prompts[k] for k in keep]
+        if not run_items:
+          continue
+        en_prompts = generator.encode([english[(bench, e.lang, e.index)] for e in run_items])
       with tqdm.tqdm(total=len(run_items), desc=f"{bench} [{label}]", disable=not progress) as bar:
-        predictions = generator.run(run_ids, mode, en_ids, bar)
-      for example, prediction in zip(run_items, predictions):
+        predictions = generator.run(run_prompts, mode, en_prompts, bar)
+      for example, prompt, prediction in zip(run_items, run_prompts, predictions):
         scores = score(example, prediction)
         if scores is None:
           continue
         records.append(report.ScoredPrediction(bench, example.lang, label, example.index, example.prompt,
-                                               prediction, example.gold, scores))
+                                               prediction, example.gold, scores, prompt_cut=prompt.cut))
   return records

@@ -6,6 +6,8 @@ outputs before it can inject; since attention is causal and the anchor is the la
 token, injection changes nothing before it. So the prefill captures the activations, the
 anchor alone is recomputed with the injection over the prefill's cache, and decoding goes
 on: the cost of plain generation plus one token, instead of the authors' second full pass.
+(With cc.anchor=authors an anchor may sit a few tokens before the end; then those last few
+columns are recomputed.)
 
 A run's prompts usually open with the same tokens (the chat template's system turn, a
 benchmark's instruction). `prefill_prefix` computes that prefix's keys and values once;
@@ -135,14 +137,21 @@ def _positions(mask_BT, prefix: KVCache | None):
   return left_pad_positions(mask_BT) + _prefix_len(prefix)
 
 
-def _prefill(model: Llama, params, tokens_BT, mask_BT, length: int, capture: bool, prefix: KVCache | None = None):
-  """Fills a fresh cache (after `prefix`, if given) with the prompts; optionally captures the
-  anchor's MLP outputs."""
+def _prefill(model: Llama, params, tokens_BT, mask_BT, length: int, capture_at_B=None,
+             prefix: KVCache | None = None):
+  """Fills a fresh cache (after `prefix`, if given) with the prompts; captures every layer's
+  MLP output at columns `capture_at_B` when given."""
   B, T = tokens_BT.shape
   cache = _fresh_cache(model.cfg, B, length, prefix)
-  anchor_B = jnp.full((B,), T - 1, jnp.int32) if capture else None
   return model.apply({"params": params}, tokens_BT, _positions(mask_BT, prefix), mask_BT, cache=cache,
-                     capture_at_B=anchor_B, compute_logits=False)
+                     capture_at_B=capture_at_B, compute_logits=False)
+
+
+def recompute_width(anchor_offsets: Sequence[int], length: int) -> int:
+  """How many trailing prompt columns CC inference recomputes for anchors `anchor_offsets`
+  tokens before each prompt's end: a power of two (few compiled shapes), at most `length`."""
+  need = max(anchor_offsets, default=0) + 1
+  return min(1 << (need - 1).bit_length(), length)
 
 
 def _last_logits(model: Llama, params, hidden_BTD):
@@ -168,7 +177,7 @@ def generate(model: Llama, params, tokens_BT, mask_BT, eos_ids, rng=None, prefix
   """
   params = model_params(params)
   T = tokens_BT.shape[1]
-  out = _prefill(model, params, tokens_BT, mask_BT, T + max_new_tokens, capture=False, prefix=prefix)
+  out = _prefill(model, params, tokens_BT, mask_BT, T + max_new_tokens, prefix=prefix)
   return decode(model, params, out.cache, _last_logits(model, params, out.hidden_BTD),
                 _positions(mask_BT, prefix)[:, -1], eos_ids, max_new_tokens, sampling, rng)
 
@@ -178,27 +187,35 @@ def greedy_generate(model: Llama, params, tokens_BT, mask_BT, eos_ids, *, max_ne
   return generate(model, params, tokens_BT, mask_BT, eos_ids, max_new_tokens=max_new_tokens)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "sampling", "selection", "reuse_cache"))
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "sampling", "selection", "reuse_cache",
+                                             "recompute"))
 def cc_generate(model: Llama, params, tokens_BT, mask_BT, eos_ids, matrix=None, english=None, rng=None,
-                prefix: KVCache | None = None, *,
+                prefix: KVCache | None = None, anchor_B=None, *,
                 max_new_tokens: int, sampling: Sampling = Sampling(),
-                selection: ConnectionConfig = ConnectionConfig(selection="argmax"), reuse_cache: bool = True):
+                selection: ConnectionConfig = ConnectionConfig(selection="argmax"), reuse_cache: bool = True,
+                recompute: int = 1):
   """CC-Tuning inference (docs/method.md §4) for a left-padded batch.
 
   Args:
     model: the decoder; `model.inject_layer` is where the vector goes.
     params: decoder params plus `source_select` (the trained Decision Maker).
-    tokens_BT, mask_BT: left-padded non-English prompts (anchor = last column).
+    tokens_BT, mask_BT: left-padded non-English prompts.
     eos_ids: int32 ids that end a sequence.
     matrix: the Transform Matrix, (D, D) or (L, D, D); None uses the identity.
-    english: optional (tokens, mask) of left-padded parallel English prompts: the oracle
-      mode, taking the real English activations instead of the simulated ones.
+    english: optional (tokens, mask) or (tokens, mask, anchor_B) of left-padded parallel
+      English prompts: the oracle mode, taking the real English activations instead of the
+      simulated ones (anchors default to the last column).
     rng: PRNG key for Gumbel selection and sampling.
     prefix: as for `generate` (the English prompts of the oracle mode are always whole).
+    anchor_B: int32 column of each row's anchor; None is the last column (cc_jax's anchor).
+      cc.anchor=authors may put it a few tokens earlier.
     max_new_tokens, sampling: decoding settings.
     selection: argmax (default, deterministic) or gumbel (the authors' noisy inference).
-    reuse_cache: True recomputes only the anchor over the prefill cache; False runs the
-      authors' procedure (a second full forward pass with the injection). Same tokens.
+    reuse_cache: True recomputes only the last `recompute` columns (those from the earliest
+      anchor on) over the prefill cache; False runs the authors' procedure (a second full
+      forward pass with the injection). Same tokens.
+    recompute: static; must reach every anchor: T - recompute <= min(anchor_B)
+      (`recompute_width`). 1 when the anchors are the last column.
 
   Returns:
     (tokens (B, max_new_tokens), lengths (B,)).
@@ -207,29 +224,33 @@ def cc_generate(model: Llama, params, tokens_BT, mask_BT, eos_ids, matrix=None, 
   select_rng, sample_rng = jax.random.split(rng)
   decoder = model_params(params)
   B, T = tokens_BT.shape
-  out = _prefill(model, decoder, tokens_BT, mask_BT, T + max_new_tokens, capture=True, prefix=prefix)
+  anchor_B = jnp.full((B,), T - 1, jnp.int32) if anchor_B is None else jnp.asarray(anchor_B, jnp.int32)
+  out = _prefill(model, decoder, tokens_BT, mask_BT, T + max_new_tokens, capture_at_B=anchor_B, prefix=prefix)
   if english is not None:
-    en_tokens, en_mask = english
-    source_LBD = _prefill(model, decoder, en_tokens, en_mask, en_tokens.shape[1], capture=True).captured_LBD
+    en_tokens, en_mask = english[:2]
+    en_anchor_B = english[2] if len(english) > 2 else jnp.full((B,), en_tokens.shape[1] - 1, jnp.int32)
+    source_LBD = _prefill(model, decoder, en_tokens, en_mask, en_tokens.shape[1], capture_at_B=en_anchor_B).captured_LBD
   else:
     source_LBD = out.captured_LBD
     if matrix is not None:
       source_LBD = transform.apply_matrix(source_LBD, matrix)
-  anchor_embed_BD = model.apply({"params": decoder}, tokens_BT[:, -1], method=Llama.embed)
+  anchor_tokens_B = jnp.take_along_axis(tokens_BT, anchor_B[:, None], axis=1)[:, 0]
+  anchor_embed_BD = model.apply({"params": decoder}, anchor_tokens_B, method=Llama.embed)
   noise_BL = connection.gumbel_noise(select_rng, (B, model.cfg.num_layers))
   vector_BD, _, _ = connection.connect(params[connection.PARAM_NAME]["kernel"], source_LBD.astype(model.cfg.jnp_dtype),
                                        anchor_embed_BD, noise_BL, selection)
   positions_BT = _positions(mask_BT, prefix)
 
   if reuse_cache:
-    # Rewind the cache by one slot and recompute the anchor with the injection: every
-    # earlier key and value is unchanged because attention is causal.
-    cache = out.cache.replace(index=out.cache.index - 1)
-    out = model.apply({"params": decoder}, tokens_BT[:, -1:], positions_BT[:, -1:], mask_BT[:, -1:], cache=cache,
-                      inject=(vector_BD, jnp.zeros((B,), jnp.int32)), compute_logits=False)
+    # Rewind the cache by `recompute` slots and recompute those columns with the injection:
+    # every earlier key and value is unchanged because attention is causal.
+    R = recompute
+    cache = out.cache.replace(index=out.cache.index - R)
+    out = model.apply({"params": decoder}, tokens_BT[:, T - R:], positions_BT[:, T - R:], mask_BT[:, T - R:],
+                      cache=cache, inject=(vector_BD, anchor_B - (T - R)), compute_logits=False)
   else:
     cache = _fresh_cache(model.cfg, B, T + max_new_tokens, prefix)
     out = model.apply({"params": decoder}, tokens_BT, positions_BT, mask_BT, cache=cache,
-                      inject=(vector_BD, jnp.full((B,), T - 1, jnp.int32)), compute_logits=False)
+                      inject=(vector_BD, anchor_B), compute_logits=False)
   return decode(model, decoder, out.cache, _last_logits(model, decoder, out.hidden_BTD), positions_BT[:, -1],
                 eos_ids, max_new_tokens, sampling, sample_rng)

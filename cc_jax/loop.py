@@ -35,7 +35,7 @@ def load_examples(config: ConfigDict, tokenizer) -> list[data.Example]:
     raise ValueError("config.data.source is empty: name a JSON/JSONL/Parquet file, a dataset_info.json, "
                      "a datasets name or a TFDS dataset")
   records = data.load_records(config.data.source, data.SourceOptions.from_config(config.data))
-  return data.tokenize_records(records, tokenizer, data.TokenizeOptions.from_config(config.data))
+  return data.tokenize_records(records, tokenizer, data.TokenizeOptions.from_config(config.data, config.cc.anchor))
 
 
 class MetricsLog:

@@ -26,14 +26,14 @@ def generate(config) -> None:
     raise app.UsageError("task=generate needs config.model.path (a converted model or 'smollm2')")
   tokenizer = runtime.load_tokenizer(config)
   fmt = data.chat_format(tokenizer, data.TokenizeOptions.from_config(config.data))
-  (prompt_ids,) = data.encode_prompts(tokenizer, fmt, [config.generate.prompt])
+  (prompt_ids,) = fmt.encode_ids([config.generate.prompt])
   model_cfg = runtime.model_config(config)
   model = Llama(model_cfg)
   params = convert.load_params(directory)
   if not model_cfg.scan_layers:
     params = unstack_layers(params, model_cfg.num_layers)
   tokens, mask = gen.left_pad([prompt_ids], data.pad_token_id(tokenizer))
-  new, lengths = gen.greedy_generate(model, params, tokens, mask, np.asarray(fmt.end_ids, np.int32),
+  new, lengths = gen.greedy_generate(model, params, tokens, mask, np.asarray(fmt.stop_ids, np.int32),
                                      max_new_tokens=config.generate.max_new_tokens)
   reply = np.asarray(new)[0, :int(lengths[0])].tolist()
   print(tokenizer.decode(reply, skip_special_tokens=True))
@@ -51,9 +51,11 @@ def fit_matrix(config, workdir) -> None:
 
 
 def evaluate(config, workdir) -> None:
+  """Evaluates a training run (a workdir with run.json), or with no run the model of
+  config.model.path itself (plain mode)."""
   import pathlib
 
-  from cc_jax import evaluate as ev
+  from cc_jax import evaluate as ev, loop
   e = config.eval
   if not e.source:
     raise app.UsageError("task=eval needs config.eval.source: a local benchmark directory or 'hub'")
@@ -61,9 +63,19 @@ def evaluate(config, workdir) -> None:
       source=e.source, benchmarks=tuple(e.benchmarks), languages=tuple(e.languages), limit=e.limit, seed=e.seed,
       modes=tuple(e.modes), batch_size=e.batch_size, max_new_tokens=e.max_new_tokens,
       max_prompt_len=e.max_prompt_len, stop_strings=tuple(e.stop_strings), shared_prefix=e.shared_prefix,
-      label=e.label)
+      label=e.label, protocol=e.protocol)
+  trained_run = bool(workdir) and (pathlib.Path(workdir) / loop.RUN_FILE).exists()
+  if not (trained_run or e.out_dir or workdir):
+    raise app.UsageError("task=eval of a model without a training run needs --config.eval.out_dir (or --workdir)")
   out_dir = pathlib.Path(e.out_dir or pathlib.Path(workdir) / "eval")
-  records = ev.evaluate_run(workdir, options, out_dir, step=e.step or None, progress=config.log.progress_bar)
+  if trained_run:
+    records = ev.evaluate_run(workdir, options, out_dir, step=e.step or None, progress=config.log.progress_bar)
+  elif config.model.path:
+    print(f"{workdir or 'no workdir'}: no training run; evaluating {config.model.path} itself (plain mode)")
+    records = ev.evaluate_model(config, options, out_dir, progress=config.log.progress_bar)
+  else:
+    raise app.UsageError(f"task=eval: {workdir}/{loop.RUN_FILE} does not exist and config.model.path is empty; "
+                         "name a training run (--workdir) or a model (--config.model.path)")
   print(f"{len(records)} predictions scored; table in {out_dir / 'results.md'}, chart in {out_dir / 'results.png'}")
 
 
@@ -94,7 +106,9 @@ def main(argv):
     done = (f"loss {summary['metrics']['loss']:.4f}" if summary["steps_run"] else
             "the workdir's run was already complete, nothing to do")
     print(f"{summary['status']} at step {summary['step']}; {done}; checkpoints in {summary['workdir']}/checkpoints")
-  elif config.task in ("matrix", "eval", "pipeline"):
+  elif config.task == "eval":
+    evaluate(config, workdir)
+  elif config.task in ("matrix", "pipeline"):
     if not workdir:
       raise app.UsageError(f"task={config.task} needs --workdir: the training run")
     if config.task == "pipeline":
@@ -103,9 +117,9 @@ def main(argv):
       if summary["status"] != "completed":
         print(f"training {summary['status']} at step {summary['step']}; rerun to resume")
         return
-    if config.task != "eval" and config.cc.method == "cc":
+    if config.cc.method == "cc":
       fit_matrix(config, workdir)
-    if config.task != "matrix":
+    if config.task == "pipeline":
       evaluate(config, workdir)
   elif config.task == "generate":
     generate(config)

@@ -36,6 +36,7 @@ class ScoredPrediction:
   Attributes:
     scores: metric name -> value, as fractions in [0, 1] (e.g. {"accuracy": 1.0} or
       {"rougeL": 0.31}); tables show them as percentages.
+    prompt_cut: tokens cut from the middle of the prompt to fit eval.max_prompt_len (0: none).
   """
   benchmark: str
   lang: str
@@ -45,19 +46,21 @@ class ScoredPrediction:
   prediction: str
   gold: str | tuple[str, ...]
   scores: Mapping[str, float]
+  prompt_cut: int = 0
 
   @classmethod
   def from_dict(cls, d: Mapping[str, Any]) -> "ScoredPrediction":
     gold = d["gold"]
     return cls(benchmark=d["benchmark"], lang=d["lang"], method=d["method"],
                index=int(d["index"]), prompt=d["prompt"], prediction=d["prediction"],
-               gold=tuple(gold) if isinstance(gold, list) else gold, scores=dict(d["scores"]))
+               gold=tuple(gold) if isinstance(gold, list) else gold, scores=dict(d["scores"]),
+               prompt_cut=int(d.get("prompt_cut", 0)))
 
   def to_dict(self) -> dict[str, Any]:
     return {"benchmark": self.benchmark, "lang": self.lang, "method": self.method,
             "index": self.index, "prompt": self.prompt, "prediction": self.prediction,
             "gold": list(self.gold) if isinstance(self.gold, tuple) else self.gold,
-            "scores": dict(self.scores)}
+            "scores": dict(self.scores), "prompt_cut": self.prompt_cut}
 
 
 def _check_name(name: str, what: str) -> str:
@@ -128,8 +131,9 @@ def summarize(records: Iterable[ScoredPrediction | Mapping[str, Any]],
 
   Returns:
     One dict per (method, benchmark), as written to `results/<method>/<benchmark>.json`:
-    benchmark, method, primary_metric, metrics, count, languages {lang: {count, scores}},
-    macro_average {metric: value}. Values are fractions.
+    benchmark, method, primary_metric, metrics, count, prompts_cut, languages {lang: {count,
+    prompts_cut, scores}}, macro_average {metric: value}. Values are fractions; prompts_cut
+    counts the prompts whose middle was cut to fit eval.max_prompt_len.
   """
   records = _coerce(records)
   groups = collections.defaultdict(list)
@@ -154,12 +158,13 @@ def summarize(records: Iterable[ScoredPrediction | Mapping[str, Any]],
     languages = {}
     for lang in _lang_order(benchmark, by_lang):
       rs = by_lang[lang]
-      languages[lang] = {"count": len(rs), "scores": {
+      languages[lang] = {"count": len(rs), "prompts_cut": sum(r.prompt_cut > 0 for r in rs), "scores": {
           m: sum(r.scores[m] for r in rs) / len(rs) for m in metrics}}
     macro = {m: sum(v["scores"][m] for v in languages.values()) / len(languages)
              for m in metrics}
     results.append({"benchmark": benchmark, "method": method, "primary_metric": primary,
-                    "metrics": metrics, "count": len(group), "languages": languages,
+                    "metrics": metrics, "count": len(group),
+                    "prompts_cut": sum(v["prompts_cut"] for v in languages.values()), "languages": languages,
                     "macro_average": macro})
   order = _bench_order(r["benchmark"] for r in results)
   return sorted(results, key=lambda d: (order.index(d["benchmark"]), d["method"]))
@@ -233,6 +238,10 @@ def markdown_table(results: Sequence[Mapping[str, Any]],
     for lang in langs:
       lines.append(row(lang, [_pct(_primary(index.get((b, m)), lang)) for m in methods]))
     lines.append(row("avg", [_pct(_primary(index.get((b, m)))) for m in methods]))
+    cut = [f"{r['method']} {lang} {v['prompts_cut']}/{v['count']}" for r in results if r["benchmark"] == b
+           for lang, v in r["languages"].items() if v.get("prompts_cut")]
+    if cut:
+      lines += ["", f"Prompts cut to fit eval.max_prompt_len (middle of the content removed): {', '.join(cut)}."]
   return "\n".join(lines) + "\n"
 
 

@@ -110,12 +110,41 @@ def params_loader(config: ConfigDict):
 
 @dataclasses.dataclass
 class TrainedModel:
-  """A trained run's model, ready for inference."""
-  train_config: ConfigDict  # the config the run was trained with
+  """A model ready for inference: a training run's, or a converted model's own (`load_model`)."""
+  train_config: ConfigDict  # the config the run was trained with (for a base model: the eval's config)
   model: Llama
   params: dict  # decoder params, plus `source_select` for cc runs
   tokenizer: object
-  checkpoint: str  # "<workdir>/checkpoints/<step>": identifies the weights (e.g. for the matrix)
+  checkpoint: str  # "<workdir>/checkpoints/<step>" (or the model directory): identifies the weights
+  base: bool = False  # a converted model evaluated as it is, without a training run
+
+  @property
+  def method(self) -> str:
+    """"cc" or "sft" for a training run, "base" for a model without one."""
+    return "base" if self.base else self.train_config.cc.method
+
+
+def _sharded_params(model: Llama, cfg: LlamaConfig, method: str, rules_config: dict, mesh):
+  """The abstract params of `model` (+ the Decision Maker for cc) with their shardings on `mesh`."""
+  import flax.linen as nn
+  import jax.numpy as jnp
+
+  from cc_jax import connection
+
+  rules = sh.rules_from_config(rules_config)
+
+  def init(rng):
+    dummy = jnp.zeros((1, 4), jnp.int32)
+    params = model.init(rng, dummy, dummy, dummy + 1)["params"]
+    if method == "cc":
+      params[connection.PARAM_NAME] = connection.init_decision_maker(rng, cfg.hidden_size, cfg.num_layers,
+                                                                     cfg.jnp_param_dtype)
+    return params
+
+  abstract = jax.eval_shape(init, jax.random.key(0))
+  shardings = sh.logical_shardings(abstract, mesh, rules)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), nn.unbox(abstract),
+                      shardings)
 
 
 def load_trained(workdir, step: int | None = None, mesh: jax.sharding.Mesh | None = None) -> TrainedModel:
@@ -128,10 +157,7 @@ def load_trained(workdir, step: int | None = None, mesh: jax.sharding.Mesh | Non
   """
   import json
 
-  import flax.linen as nn
-  import jax.numpy as jnp
-
-  from cc_jax import checkpoint, connection
+  from cc_jax import checkpoint
 
   workdir = pathlib.Path(workdir).absolute()
   run_file = workdir / "run.json"
@@ -140,25 +166,26 @@ def load_trained(workdir, step: int | None = None, mesh: jax.sharding.Mesh | Non
   train_config = ConfigDict(json.loads(run_file.read_text())["config"])
   cfg = model_config(train_config)
   model = Llama(cfg, inject_layer=train_config.cc.inject_layer)
-  mesh = mesh or sh.make_mesh({"fsdp": -1})
-  rules = sh.rules_from_config(train_config.mesh.rules.to_dict())
-
-  def init(rng):
-    dummy = jnp.zeros((1, 4), jnp.int32)
-    params = model.init(rng, dummy, dummy, dummy + 1)["params"]
-    if train_config.cc.method == "cc":
-      params[connection.PARAM_NAME] = connection.init_decision_maker(rng, cfg.hidden_size, cfg.num_layers,
-                                                                     cfg.jnp_param_dtype)
-    return params
-
-  abstract = jax.eval_shape(init, jax.random.key(0))
-  shardings = sh.logical_shardings(abstract, mesh, rules)
-  target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), nn.unbox(abstract),
-                        shardings)
+  target = _sharded_params(model, cfg, train_config.cc.method, train_config.mesh.rules.to_dict(),
+                           mesh or sh.make_mesh({"fsdp": -1}))
   with checkpoint.Checkpointer(checkpoint.CheckpointConfig(str(workdir / "checkpoints"))) as ckpt:
     params, step = ckpt.restore_params(target, step)
   return TrainedModel(train_config, model, params, load_tokenizer(train_config),
                       str(workdir / "checkpoints" / str(step)))
+
+
+def load_model(config: ConfigDict, mesh: jax.sharding.Mesh | None = None) -> TrainedModel:
+  """The converted model of `config.model.path` as it is (no training run), for evaluation in
+  plain mode with the config's chat template."""
+  directory = model_dir(config)
+  if directory is None:
+    raise ValueError("config.model.path is empty: name a converted model directory (launch/convert.py) or "
+                     "'smollm2' to evaluate a model without a training run")
+  cfg = model_config(config)
+  model = Llama(cfg)
+  target = _sharded_params(model, cfg, "sft", config.mesh.rules.to_dict(), mesh or sh.make_mesh({"fsdp": -1}))
+  params = convert.load_params(directory, target)
+  return TrainedModel(config, model, params, load_tokenizer(config), str(directory), base=True)
 
 
 def export_run(workdir, out_dir, step: int | None = None, dtype: str | None = None) -> pathlib.Path:

@@ -10,6 +10,7 @@ options add ridge regularisation, one matrix per layer, and streaming normal equ
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import json
 import pathlib
@@ -39,37 +40,41 @@ class SolveOptions:
 
 
 # --- Collection ---------------------------------------------------------------------------------
-def make_anchor_capture(model: Llama):
-  """A jitted function (params, tokens, mask) -> (L, B, D) MLP outputs at the last column."""
-  @jax.jit
-  def capture(params, tokens_BT, mask_BT):
-    anchor_B = jnp.full((tokens_BT.shape[0],), tokens_BT.shape[1] - 1, jnp.int32)
-    out = model.apply({"params": params}, tokens_BT, left_pad_positions(mask_BT), mask_BT,
-                      capture_at_B=anchor_B, compute_logits=False)
-    return out.captured_LBD.astype(jnp.float32)
-  return capture
+@functools.partial(jax.jit, static_argnames=("model",))
+def capture_at_anchors(model: Llama, params, tokens_BT, mask_BT, anchor_B):
+  """(L, B, D) float32 MLP outputs at columns `anchor_B` of left-padded prompts, no injection.
+  One jitted function for every capture pass (non-English and English share its programs)."""
+  out = model.apply({"params": params}, tokens_BT, left_pad_positions(mask_BT), mask_BT, capture_at_B=anchor_B,
+                    compute_logits=False)
+  return out.captured_LBD.astype(jnp.float32)
 
 
 def collect_activations(model: Llama, params, prompts: Sequence[Sequence[int]], pad_id: int,
                         batch_size: int = 16, buckets: Sequence[int] = (64, 128, 256, 512, 1024, 2048),
-                        progress=None) -> np.ndarray:
-  """Every layer's MLP output at each prompt's last token, without injection.
+                        progress=None, anchors: Sequence[int] | None = None) -> np.ndarray:
+  """Every layer's MLP output at each prompt's anchor, without injection.
 
-  Prompts are left-padded (anchor in the last column) to a few bucket lengths so that only a
-  handful of programs compile; the last batch is padded with copies that are then dropped.
+  Prompts are left-padded to a few bucket lengths so that only a handful of programs compile;
+  the last batch is padded with copies that are then dropped.
+
+  Args:
+    anchors: the anchor's index in each prompt; None: the last token (cc_jax's anchor).
 
   Returns:
     (N, L, D) float32 array, rows in the order of `prompts`.
   """
-  capture = make_anchor_capture(model)
   out = []
   for start in range(0, len(prompts), batch_size):
     chunk = list(prompts[start:start + batch_size])
+    where = list(anchors[start:start + batch_size]) if anchors is not None else [len(p) - 1 for p in chunk]
     real = len(chunk)
     chunk += [chunk[-1]] * (batch_size - real)  # fixed batch shape
+    where += [where[-1]] * (batch_size - real)
     padded = batching.left_pad_prompts(chunk, pad_id, buckets)
     tokens, mask = padded["input_ids"], padded["attention_mask"]
-    acts_LBD = np.asarray(capture(params, tokens, mask))
+    T = tokens.shape[1]
+    anchor_B = np.asarray([T - len(p) + a for p, a in zip(chunk, where)], np.int32)
+    acts_LBD = np.asarray(capture_at_anchors(model, params, tokens, mask, anchor_B))
     out.append(np.swapaxes(acts_LBD, 0, 1)[:real])
     if progress is not None:
       progress.update(real)
@@ -207,17 +212,21 @@ def fit_for_run(workdir, *, num_samples: int = 1000, seed: int = 0, batch_size: 
                               shard_count=1)
   picked = [records[i] for i in sample_indices(len(records), num_samples, seed)]
   fmt = data.chat_format(tokenizer, data.TokenizeOptions.from_config(train_config.data))
-  systems = [r.system or train_config.data.default_system or None for r in picked]
-  source_prompts = data.encode_prompts(tokenizer, fmt, [r.prompt for r in picked], systems)
-  target_prompts = data.encode_prompts(tokenizer, fmt, [r.prompt_en for r in picked], systems)
+  rule = fmt.anchor_rule(train_config.cc.get("anchor", "last_prompt_token"))
+  systems = [r.system for r in picked]
+  source_prompts = fmt.encode_ids([r.prompt for r in picked], systems)
+  target_prompts = fmt.encode_ids([r.prompt_en for r in picked], systems)
+  anchors = [None if rule is None else [rule.find(p, r.source) for p, r in zip(prompts, picked)]
+             for prompts in (source_prompts, target_prompts)]
   longest = max(len(p) for p in source_prompts + target_prompts)
   buckets = batching.prompt_buckets(longest)
   params = train.model_params(trained.params)
+  pad = data.pad_token_id(tokenizer)
   with tqdm.tqdm(total=2 * len(picked), desc="matrix: collect", disable=not progress) as bar:
-    source_NLD = collect_activations(trained.model, params, source_prompts, data.pad_token_id(tokenizer),
-                                     batch_size, buckets, bar)
-    target_NLD = collect_activations(trained.model, params, target_prompts, data.pad_token_id(tokenizer),
-                                     batch_size, buckets, bar)
+    source_NLD = collect_activations(trained.model, params, source_prompts, pad, batch_size, buckets, bar,
+                                     anchors[0])
+    target_NLD = collect_activations(trained.model, params, target_prompts, pad, batch_size, buckets, bar,
+                                     anchors[1])
   matrix = solve(source_NLD, target_NLD, options)
   stats = fit_statistics(source_NLD, target_NLD, matrix)
   meta = {"checkpoint": trained.checkpoint, "num_samples": len(picked), "seed": seed, "data": source,

@@ -50,6 +50,10 @@ def get_config() -> config_dict.ConfigDict:
   # Detach the English pass: what the authors' runs did (their reentrant gradient checkpointing
   # gave the English activations no gradient, docs/method.md §2); False is the ablation.
   c.cc.stop_english_grad = True
+  # Where the English vector goes and is read: last_prompt_token (the token after which the
+  # answer starts) | authors (the authors' template-marker rule; qwen/mistral: one token
+  # earlier). Training, the matrix and inference all use it (docs/method.md §7).
+  c.cc.anchor = "last_prompt_token"
 
   c.data = config_dict.ConfigDict()
   # JSON/JSONL/Parquet file, a LLaMA-Factory dataset_info.json (or its directory), a
@@ -69,8 +73,13 @@ def get_config() -> config_dict.ConfigDict:
   c.data.columns.lang = "lang"  # optional language code
   c.data.columns.system = "system"  # optional system prompt
   c.data.cutoff_len = 1024  # tokens of prompt + response (split as LLaMA-Factory does)
+  # keep_generation_prompt: a cut prompt keeps the end of its user turn and the generation
+  # prompt (the anchor survives) | right: LLaMA-Factory's cut from the right.
+  c.data.truncation = "keep_generation_prompt"
   c.data.en_cutoff_len = 0  # tokens of the English prompt; 0 = cutoff_len
-  c.data.chat_template = ""  # "" = tokenizer's own; a name (chatml, qwen, llama3) or Jinja text
+  # "" = the tokenizer's own; a LLaMA-Factory 0.9.1 template encoded as it does (llama3, qwen,
+  # mistral, llama2, chatml; the paper's runs) or Jinja text.
+  c.data.chat_template = ""
   c.data.fallback_template = "chatml"  # used when the tokenizer has no chat template
   c.data.default_system = ""  # system prompt for records without one
   c.data.end_of_turn = ""  # override the end-of-turn token found from the template
@@ -131,10 +140,16 @@ def get_config() -> config_dict.ConfigDict:
   c.eval.modes = ("matrix",)  # cc runs: any of plain, matrix, identity, oracle; sft runs: plain
   c.eval.batch_size = 16  # prompts per generation batch
   c.eval.max_new_tokens = 40  # the paper's
-  c.eval.max_prompt_len = 1024  # longer prompts keep their head and the generation prompt
+  # 0 = the model's context less max_new_tokens (the authors never truncate); a longer prompt
+  # loses the middle of its content and is counted in the results.
+  c.eval.max_prompt_len = 0
   c.eval.stop_strings = ()  # cut each prediction at the first of these strings
   c.eval.shared_prefix = True  # prefill the tokens all of a benchmark's prompts open with once, not per prompt
   c.eval.label = ""  # method name in the tables; "" = the run's method and mode
+  # cc_jax: one BOS, stop at the end of turn | authors: the authors' inference scripts (template
+  # text tokenized with special tokens, so two BOS for llama3/mistral; stop only at the model
+  # config's eos_token_id). See cc_jax/evaluate.py.
+  c.eval.protocol = "cc_jax"
   c.eval.out_dir = ""  # "" = <workdir>/eval
   c.eval.step = 0  # checkpoint step; 0 = latest
 

@@ -16,5 +16,5 @@ def get_config():
   arch.num_heads = 32
   arch.num_kv_heads = 32
   arch.rms_norm_eps = 1e-5
-  c.data.chat_template = "llama3"  # the base model has none; the paper fine-tunes with llama3's
+  c.data.chat_template = "llama2"  # LLaMA-Factory's, for Llama 2's 32k vocabulary (the base model has none)
   return c

@@ -20,7 +20,7 @@ def get_config():
   arch.rope_theta = 100000.0
   arch.tie_word_embeddings = True
   c.data.source = str(demo_data.TRAIN_FILE)
-  c.data.cutoff_len = 64
+  c.data.cutoff_len = 128  # the demo data's longest example is 106 SmolLM2 tokens: none is cut
   c.data.min_bucket = 32
   c.data.batch_size = 8
   c.data.num_epochs = 1

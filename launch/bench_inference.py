@@ -122,9 +122,8 @@ def long_prompt(tokenizer, fmt, length: int) -> list[int]:
   text = "\n".join(instructions)
   while len(tokenizer(text, add_special_tokens=False)["input_ids"]) < length:
     text += "\n" + "\n".join(instructions)
-  (ids,) = data.encode_prompts(tokenizer, fmt, [text])
-  tail = len(tokenizer(fmt.prompt_tail, add_special_tokens=False)["input_ids"])
-  ids = data.cut_prompt(ids, length, tail)
+  (prompt,) = fmt.encode([text])
+  ids = data.cut_prompt(prompt.ids, length, prompt.tail)
   assert len(ids) == length, len(ids)
   return ids
 
@@ -212,7 +211,7 @@ def part_b(model, params, tokenizer, quiet: Quiet) -> dict:
       source="bench", batch_size=b, max_new_tokens=FLAGS.new_tokens, shared_prefix=FLAGS.shared_prefix))
                 for b in sizes}
   prompt_ids = generators[1].encode(prompts)
-  lengths = [len(p) for p in prompt_ids]
+  lengths = [len(p.ids) for p in prompt_ids]
   prefix_len = len(generators[1].shared_prefix(prompt_ids))
   predictions, compile_s = {}, {}
   for b, gen in generators.items():  # warm-up: compiles every (batch, bucket) shape used

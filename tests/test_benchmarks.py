@@ -1,5 +1,6 @@
 """Benchmark loaders: local files in both layouts, option parsing, errors, sampling, hub rows."""
 
+import dataclasses
 import json
 import random
 import sys
@@ -7,7 +8,7 @@ import types
 
 import pytest
 
-from cc_jax import benchmarks as bm
+from cc_jax import benchmarks as bm, benchmarks_hub as hub
 
 # The authors' Chinese XNLI prompt (instruction and options translated).
 ZH_XNLI = ("前提：我们正在看电视。\n假设：我们当时正在看电视。\n\n你认为前提和假设之间的关系是什么？\n\n"
@@ -216,7 +217,7 @@ XLSUM_ROW = {"id": "1", "url": "u", "title": "t", "summary": "Short.", "text": "
 
 
 def test_xnli_row_gives_the_papers_prompt():
-  e = bm.example_from_row("XNLI", "en", 7, XNLI_ROW)
+  e = hub.example_from_row("XNLI", "en", 7, XNLI_ROW)
   assert e.prompt == (
       "Premise: A man plays.\nHypothesis: A person plays.\n\nWhat do you think is the "
       "relationship between the premise and the hypothesis?\n\n(1) Entailment\n(2) Neutral\n"
@@ -225,15 +226,15 @@ def test_xnli_row_gives_the_papers_prompt():
   assert e.options == ("Entailment", "Neutral", "Contradiction")
   assert e.option_labels == ("1", "2", "3")
   with pytest.raises(bm.BenchmarkDataError, match="row 7: label -1"):
-    bm.example_from_row("XNLI", "en", 7, dict(XNLI_ROW, label=-1))
+    hub.example_from_row("XNLI", "en", 7, dict(XNLI_ROW, label=-1))
 
 
 def test_xstorycloze_and_mmmlu_rows():
-  e = bm.example_from_row("XStoryCloze", "sw", 0, XSC_ROW)
+  e = hub.example_from_row("XStoryCloze", "sw", 0, XSC_ROW)
   assert e.prompt.startswith("S1. S2. S3. S4.\n(1) End one.\n(2) End two.\n\n")
   assert (e.gold, e.options) == ("2", ("End one.", "End two."))
-  a = bm.example_from_row("MMMLU", "yo", 0, MMMLU_ROW)
-  b = bm.example_from_row("MMMLU", "en", 0, MMLU_ROW)
+  a = hub.example_from_row("MMMLU", "yo", 0, MMMLU_ROW)
+  b = hub.example_from_row("MMMLU", "en", 0, MMLU_ROW)
   assert a.prompt == b.prompt and "(B) 4\n" in a.prompt
   assert a.gold == b.gold == "B" and a.options == ("3", "4", "5", "6")
 
@@ -241,23 +242,23 @@ def test_xstorycloze_and_mmmlu_rows():
 def test_hub_prompts_parse_back():
   # The options of every choice prompt are recoverable from its text.
   for bench, row in (("XNLI", XNLI_ROW), ("XStoryCloze", XSC_ROW), ("MMMLU", MMMLU_ROW)):
-    e = bm.example_from_row(bench, "en", 0, row)
+    e = hub.example_from_row(bench, "en", 0, row)
     assert bm.parse_options(e.prompt, e.option_labels) == e.options
 
 
 def test_qa_and_summary_rows():
-  e = bm.example_from_row("XQuAD", "en", 3, XQUAD_ROW)
+  e = hub.example_from_row("XQuAD", "en", 3, XQUAD_ROW)
   assert e.prompt == ("Please answer these questions only based on the given context.\n\n"
                       "Context: Paris is in France.\nQuestion: Where is Paris?\n\nYour answer:")
   assert (e.gold, e.kind) == ("France", "qa")
-  en = bm.example_from_row("MKQA", "en", 0, MKQA_ROW)
-  zh = bm.example_from_row("MKQA", "zh", 0, MKQA_ROW)
+  en = hub.example_from_row("MKQA", "en", 0, MKQA_ROW)
+  zh = hub.example_from_row("MKQA", "zh", 0, MKQA_ROW)
   assert en.gold == ("Bob", "Robert") and zh.gold == ("鲍勃",)
   assert zh.prompt == "Please answer the following question.\n\n谁？\n\nYour answer:"
   unanswerable = dict(MKQA_ROW, answers={"en": [{"type": "unanswerable", "text": None,
                                                   "aliases": []}]})
-  assert bm.example_from_row("MKQA", "en", 0, unanswerable) is None
-  s = bm.example_from_row("XLSum", "fr", 0, XLSUM_ROW)
+  assert hub.example_from_row("MKQA", "en", 0, unanswerable) is None
+  s = hub.example_from_row("XLSum", "fr", 0, XLSUM_ROW)
   assert s.prompt.startswith("Summarize the following article in one sentence.")
   assert "Long article." in s.prompt and (s.gold, s.kind) == ("Short.", "summary")
 
@@ -269,7 +270,7 @@ def test_load_hub_with_a_fake_datasets(monkeypatch):
     calls.append((path, config, split))
     return [dict(XNLI_ROW, label=i % 3) for i in range(20)]
   monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
-  examples = bm.load_hub("XNLI", ["ar", "th"], limit=5, seed=3)
+  examples = hub.load_hub("XNLI", ["ar", "th"], limit=5, seed=3)
   assert calls == [("facebook/xnli", "ar", "test"), ("facebook/xnli", "th", "test")]
   assert [e.lang for e in examples] == ["ar"] * 5 + ["th"] * 5
   assert [e.index for e in examples[:5]] == [e.index for e in examples[5:]]  # parallel
@@ -277,12 +278,12 @@ def test_load_hub_with_a_fake_datasets(monkeypatch):
 
 
 def test_hub_sources():
-  assert bm.hub_source("MMMLU", "en") == ("cais/mmlu", "all", "test")
-  assert bm.hub_source("MMMLU", "sw") == ("openai/MMMLU", "SW_KE", "test")
-  assert bm.hub_source("XQuAD", "th") == ("google/xquad", "xquad.th", "validation")
-  assert bm.hub_source("XLSum", "ur") == ("csebuetnlp/xlsum", "urdu", "test")
+  assert hub.hub_source("MMMLU", "en") == ("cais/mmlu", "all", "test")
+  assert hub.hub_source("MMMLU", "sw") == ("openai/MMMLU", "SW_KE", "test")
+  assert hub.hub_source("XQuAD", "th") == ("google/xquad", "xquad.th", "validation")
+  assert hub.hub_source("XLSum", "ur") == ("csebuetnlp/xlsum", "urdu", "test")
   with pytest.raises(ValueError, match="MKQA has no language 'fr'"):
-    bm.hub_source("MKQA", "fr")
+    hub.hub_source("MKQA", "fr")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,7 +293,7 @@ def test_hub_sources():
 def all_kinds_examples():
   rows = {"XNLI": XNLI_ROW, "XStoryCloze": XSC_ROW, "MMMLU": MMMLU_ROW, "XQuAD": XQUAD_ROW,
           "MKQA": MKQA_ROW, "XLSum": XLSUM_ROW}
-  return [bm.example_from_row(b, lang, i, row) for b, row in rows.items()
+  return [hub.example_from_row(b, lang, i, row) for b, row in rows.items()
           for lang in ("en", "zh" if b == "MKQA" else "ar") for i in range(3)]
 
 
@@ -304,12 +305,18 @@ def test_write_then_load_round_trip(tmp_path):
   loaded = []
   for b in bm.BENCHMARKS:
     loaded += bm.load_local(tmp_path, b, bm.available_languages(tmp_path, b))
-  assert sorted(loaded, key=repr) == sorted(examples, key=repr)
+  # Loading adds each item's parallel English prompt: the `en` item of the same index, except
+  # for XLSum, whose English versions come from their own file (none was written here).
+  english = {(e.benchmark, e.index): e.prompt for e in examples if e.lang == "en"}
+  for e in loaded:
+    assert e.english_prompt == (None if e.benchmark == "XLSum" else english[(e.benchmark, e.index)]), e
+  stripped = [dataclasses.replace(e, english_prompt=None) for e in loaded]
+  assert sorted(stripped, key=repr) == sorted(examples, key=repr)
   assert not list(tmp_path.rglob("*.tmp"))
 
 
 def test_write_renumbers_and_rejects_duplicates(tmp_path):
-  e = bm.example_from_row("XLSum", "en", 5, XLSUM_ROW)
+  e = hub.example_from_row("XLSum", "en", 5, XLSUM_ROW)
   bm.write_local(tmp_path, [e])
   assert bm.load_local(tmp_path, "XLSum", ["en"])[0].index == 0
   with pytest.raises(ValueError, match="two examples with index 5"):
@@ -318,7 +325,7 @@ def test_write_renumbers_and_rejects_duplicates(tmp_path):
 
 def test_sampling_is_deterministic_parallel_and_order_free(tmp_path):
   rows = [dict(XLSUM_ROW, summary=f"s{i}") for i in range(40)]
-  examples = [bm.example_from_row("XLSum", lang, i, r) for lang in ("en", "fr")
+  examples = [hub.example_from_row("XLSum", lang, i, r) for lang in ("en", "fr")
               for i, r in enumerate(rows)]
   a = bm.sample(examples, 10, seed=1)
   shuffled = list(examples)

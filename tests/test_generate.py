@@ -54,6 +54,32 @@ def test_cached_cc_generation_equals_two_full_passes(tiny, mode):
   assert not np.array_equal(np.asarray(plain[0]), np.asarray(fast[0])), "the connection must change the output"
 
 
+@pytest.mark.parametrize("offsets", [(1, 1, 1, 1), (0, 3, 1, 2)])
+def test_cached_cc_generation_with_anchors_before_the_end_equals_two_full_passes(tiny, offsets):
+  """cc.anchor=authors puts anchors a few tokens before the prompt's end (qwen: before the
+  final newline): the cached path recomputes the columns from the earliest anchor on."""
+  _, cfg, params = tiny
+  items = prompts(cfg.vocab_size)
+  tokens, mask = generate.left_pad(items, pad_id=0)
+  T = tokens.shape[1]
+  anchor = np.asarray([T - 1 - o for o in offsets], np.int32)
+  recompute = generate.recompute_width(offsets, T)
+  assert recompute == (2 if max(offsets) == 1 else 4)
+  eos = np.array([5], np.int32)
+  model = M.Llama(cfg)
+  english = generate.left_pad(prompts(cfg.vocab_size, (5, 7, 3, 8), seed=2), pad_id=0)
+  en_anchor = np.asarray([english[0].shape[1] - 2] * 4, np.int32)
+  for kwargs in (dict(), dict(english=(*english, en_anchor))):
+    fast = generate.cc_generate(model, params, tokens, mask, eos, anchor_B=anchor, recompute=recompute,
+                                max_new_tokens=NEW, **kwargs)
+    slow = generate.cc_generate(model, params, tokens, mask, eos, anchor_B=anchor, reuse_cache=False,
+                                max_new_tokens=NEW, **kwargs)
+    np.testing.assert_array_equal(np.asarray(fast[0]), np.asarray(slow[0]))
+    np.testing.assert_array_equal(np.asarray(fast[1]), np.asarray(slow[1]))
+    last = generate.cc_generate(model, params, tokens, mask, eos, max_new_tokens=NEW, **kwargs)
+    assert not np.array_equal(np.asarray(last[0]), np.asarray(fast[0])), "the anchor must matter"
+
+
 def test_injection_at_a_later_layer_also_reuses_the_cache(tiny):
   _, cfg, params = tiny
   tokens, mask = generate.left_pad(prompts(cfg.vocab_size), pad_id=0)
@@ -116,10 +142,13 @@ def test_shared_prefix_prefill_gives_the_anchor_states_of_whole_prompts(tiny):
   model, decoder = M.Llama(cfg), model_params(params)
   shared, items = prompts_with_shared_opening(cfg.vocab_size)
   tokens, mask = generate.left_pad(items, pad_id=0)
-  whole = generate._prefill(model, decoder, tokens, mask, tokens.shape[1], capture=True)
+  last = np.full((len(items),), tokens.shape[1] - 1, np.int32)
+  whole = generate._prefill(model, decoder, tokens, mask, tokens.shape[1], capture_at_B=last)
   prefix = generate.prefill_prefix(model, params, np.asarray(shared, np.int32))
   rest_tokens, rest_mask = generate.left_pad([item[len(shared):] for item in items], pad_id=0)
-  reused = generate._prefill(model, decoder, rest_tokens, rest_mask, rest_tokens.shape[1], capture=True, prefix=prefix)
+  rest_last = np.full((len(items),), rest_tokens.shape[1] - 1, np.int32)
+  reused = generate._prefill(model, decoder, rest_tokens, rest_mask, rest_tokens.shape[1], capture_at_B=rest_last,
+                             prefix=prefix)
   np.testing.assert_allclose(np.asarray(reused.hidden_BTD[:, -1]), np.asarray(whole.hidden_BTD[:, -1]),
                              rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(np.asarray(reused.captured_LBD), np.asarray(whole.captured_LBD), rtol=1e-5, atol=1e-5)

@@ -1,4 +1,5 @@
-"""Tests of cc_jax.metrics: option extraction, QA accuracy/EM/F1, ROUGE-L, aggregation.
+"""Tests of cc_jax.metrics, choice and textnorm: option extraction, QA accuracy/EM/F1, ROUGE-L,
+aggregation.
 
 Expected values are worked out by hand in the comments; ROUGE-L is also checked against
 the rouge-score package on English.
@@ -8,7 +9,7 @@ import random
 
 import pytest
 
-from cc_jax import metrics
+from cc_jax import choice, metrics, textnorm
 
 XNLI_EN = ["Entailment", "Neutral", "Contradiction"]
 XNLI_ZH = ["蕴含", "中立", "矛盾"]
@@ -43,12 +44,17 @@ MMMLU = ["London", "Paris", "Rome", "Berlin"]
     # ... but a keyword after the echo does.
     ("(1) Entailment (2) Neutral (3) Contradiction\n\nIf you have to choose one of these "
      "options, your answer would be: (2)", 1),
+    # An echo of the list cut short (40 tokens) lists options in order: it chooses nothing.
+    ("(1) Entailment\n(2) Neutral", None),
+    ("(1) Entailment\n(2) Neutral\n(3", None),
+    ("(1) Entailment\n(2) Neutral\n\nThe answer is (2)", 1),
+    ("(1) Entailment", 0),                 # one labelled option is a choice, not a list
     ("Not entailment, it is neutral.", None),  # two option texts: ambiguous
     ("(3) Entailment", 2),                 # an explicit marker beats the option text
     ("2 or 3", None),                      # bare markers disagree
 ])
 def test_extract_choice_digits(output, expected):
-  assert metrics.extract_choice(output, XNLI_EN, markers="digits") == expected
+  assert choice.extract_choice(output, XNLI_EN, markers="digits") == expected
 
 
 @pytest.mark.parametrize("output, options, expected", [
@@ -60,9 +66,21 @@ def test_extract_choice_digits(output, expected):
     ("उत्तर: विरोधाभास", XNLI_HI, 2),
     ("उत्तर (1) है", XNLI_HI, 0),
     ("Jawabannya adalah 2", ["Ending one", "Ending two"], 1),
+    ("(1) 蕴含\n(2) 中立", XNLI_ZH, None),    # an echo of the list, in Chinese
+    # Ordinals next to an answer keyword, in the evaluation's languages.
+    ("the 3rd option", XNLI_EN, 2),
+    ("The second option is right.", XNLI_EN, 1),
+    ("First, I think it is neutral.", XNLI_EN, 1),  # "First" far from any keyword: the text decides
+    ("第三个选项", XNLI_ZH, 2),
+    ("答案是第二个", XNLI_ZH, 1),
+    ("세 번째 선택지입니다", XNLI_EN, 2),
+    ("Doğru cevap ikinci seçenek.", XNLI_EN, 1),
+    ("الإجابة هي الخيار الثالث", XNLI_AR, 2),
+    ("ตัวเลือกที่สาม", XNLI_EN, 2),
+    ("सही उत्तर तीसरा विकल्प है", XNLI_HI, 2),
 ])
 def test_extract_choice_multilingual(output, options, expected):
-  assert metrics.extract_choice(output, options, markers="digits") == expected
+  assert choice.extract_choice(output, options, markers="digits") == expected
 
 
 @pytest.mark.parametrize("output, expected", [
@@ -98,27 +116,35 @@ def test_extract_choice_multilingual(output, options, expected):
     ("adoption B then (C)", 2),            # "adoption" is not the keyword "option"
 ])
 def test_extract_choice_letters(output, expected):
-  assert metrics.extract_choice(output, MMMLU, markers="letters") == expected
+  assert choice.extract_choice(output, MMMLU, markers="letters") == expected
 
 
 def test_extract_choice_prefers_longer_option_text():
   options = ["Paris", "Paris, Texas", "Rome", "Oslo"]
-  assert metrics.extract_choice("It is Paris, Texas.", options, markers="letters") == 1
-  assert metrics.extract_choice("It is Paris.", options, markers="letters") == 0
+  assert choice.extract_choice("It is Paris, Texas.", options, markers="letters") == 1
+  assert choice.extract_choice("It is Paris.", options, markers="letters") == 0
+
+
+def test_extract_choice_keeps_the_minus_sign_of_option_texts():
+  options = ["0", "-1", "1", "2"]
+  assert choice.extract_choice("-1", options, markers="letters") == 1
+  assert choice.extract_choice("1", options, markers="letters") == 2
+  assert choice.extract_choice("答案是 -1", options, markers="letters") == 1
+  assert choice.extract_choice("The result is −1.", options, markers="letters") == 1  # U+2212
 
 
 def test_extract_choice_numeric_option_texts():
   options = ["1", "10", "100", "1000"]
   # "10" is found as a whole token; "1" is not found inside it.
-  assert metrics.extract_choice("The result is 10.", options, markers="letters") == 1
-  assert metrics.extract_choice("C", options, markers="letters") == 2
+  assert choice.extract_choice("The result is 10.", options, markers="letters") == 1
+  assert choice.extract_choice("C", options, markers="letters") == 2
 
 
 def test_extract_choice_rejects_bad_arguments():
   with pytest.raises(ValueError):
-    metrics.extract_choice("1", XNLI_EN, markers="roman")
+    choice.extract_choice("1", XNLI_EN, markers="roman")
   with pytest.raises(ValueError):
-    metrics.extract_choice("1", [], markers="digits")
+    choice.extract_choice("1", [], markers="digits")
 
 
 @pytest.mark.parametrize("gold, markers, options, expected", [
@@ -133,7 +159,7 @@ def test_extract_choice_rejects_bad_arguments():
     ("Paris", "letters", MMMLU, 1),
 ])
 def test_parse_gold_choice(gold, markers, options, expected):
-  assert metrics.parse_gold_choice(gold, options, markers=markers) == expected
+  assert choice.parse_gold_choice(gold, options, markers=markers) == expected
 
 
 @pytest.mark.parametrize("gold, markers", [
@@ -142,15 +168,15 @@ def test_parse_gold_choice(gold, markers, options, expected):
 ])
 def test_parse_gold_choice_rejects(gold, markers):
   with pytest.raises(ValueError):
-    metrics.parse_gold_choice(gold, MMMLU, markers=markers)
+    choice.parse_gold_choice(gold, MMMLU, markers=markers)
 
 
 def test_score_choice():
-  assert metrics.score_choice("(2) Neutral", 2, XNLI_EN, markers="digits") == {
+  assert choice.score_choice("(2) Neutral", 2, XNLI_EN, markers="digits") == {
       "accuracy": 1.0, "parsed": 1.0}
-  assert metrics.score_choice("(1)", "Neutral", XNLI_EN, markers="digits") == {
+  assert choice.score_choice("(1)", "Neutral", XNLI_EN, markers="digits") == {
       "accuracy": 0.0, "parsed": 1.0}
-  assert metrics.score_choice("I don't know", "B", MMMLU, markers="letters") == {
+  assert choice.score_choice("I don't know", "B", MMMLU, markers="letters") == {
       "accuracy": 0.0, "parsed": 0.0}
 
 
@@ -169,14 +195,20 @@ def test_score_choice():
     ("عاصمة مصر هي القاهرة.", ["عاصمة", "مصر", "هي", "القاهرة"]),
     ("مِصْرُ", ["مصر"]),                       # optional Arabic vowel marks dropped
     ("İstanbul'da 1,000 kişi", ["istanbul", "da", "1000", "kişi"]),
-    ("2.5 kg", ["25", "kg"]),
+    ("2.5 kg", ["2.5", "kg"]),                 # a decimal stays one number
+    ("3.0", ["3"]),                            # MKQA writes numeric golds "3.0": not "30"
+    ("1,234.50", ["1234.5"]),
+    ("-1 or 1", ["-1", "or", "1"]),            # a minus sign opening a number is kept
+    ("−5", ["-5"]),                            # U+2212 MINUS SIGN
+    ("pages 1-3", ["pages", "1", "3"]),        # a dash between numbers is a range
+    ("3개", ["3", "개"]),
     ("Größe ΣΟΦΟΣ", ["grösse", "σοφοσ"]),      # casefold: ß -> ss is NFKC-safe, final sigma
     ("ＡＢＣ　１２", ["abc", "12"]),              # fullwidth
     ("١٩٩٨", ["1998"]),
     ("zero\u200bwidth", ["zerowidth"]),         # format characters removed
 ])
 def test_qa_tokens(text, tokens):
-  assert metrics.qa_tokens(text) == tokens
+  assert textnorm.qa_tokens(text) == tokens
 
 
 def test_exact_match_and_f1_by_hand():
@@ -192,16 +224,47 @@ def test_exact_match_and_f1_by_hand():
   assert metrics.token_f1("y", "x") == 0.0
 
 
-def test_answer_in_output_token_boundaries():
+def test_answer_in_output_is_containment_with_number_boundaries():
   assert metrics.answer_in_output("No, it is not.", ["no"])
-  assert not metrics.answer_in_output("It is not known.", ["no"])
-  assert not metrics.answer_in_output("I don't know", ["no"])
-  assert not metrics.answer_in_output("about 100 people", ["10"])
-  assert metrics.answer_in_output("about 1,000 people", ["1000"])
-  assert not metrics.answer_in_output("2.5 kg", ["2"])
   assert metrics.answer_in_output("I think it's Paris.", ["PARIS"])
   assert metrics.answer_in_output("İstanbul'da yaşıyor", ["İstanbul"])
+  assert metrics.answer_in_output("about 1,000 people", ["1000"])
+  assert not metrics.answer_in_output("about 100 people", ["10"])  # numbers are never split
+  assert not metrics.answer_in_output("2.5 kg", ["2"])
+  assert not metrics.answer_in_output("30 seasons", ["3.0"])
   assert not metrics.answer_in_output("anything", [""])
+  # The known false positives of containment (the paper's metric), documented in metrics.py.
+  assert metrics.answer_in_output("It is not known.", ["no"])
+  assert metrics.answer_in_output("Romeo", ["Rome"])
+
+
+# Answers glued to an affix, and numbers, in seven languages: containment (the paper's
+# accuracy) finds them; token exact match and F1 score what they score.
+@pytest.mark.parametrize("output, gold, expected", [
+    # ko: one token "서울입니다" (Seoul + copula): contained; no common token.
+    ("서울입니다", "서울", {"accuracy": 1.0, "exact_match": 0.0, "f1": 0.0}),
+    # ar: "وباريس" (and Paris): contained; one token, not the gold's.
+    ("وباريس", "باريس", {"accuracy": 1.0, "exact_match": 0.0, "f1": 0.0}),
+    # tr: "Ankarada" (in Ankara), and the locative after an apostrophe, which splits off.
+    ("Ankarada", "Ankara", {"accuracy": 1.0, "exact_match": 0.0, "f1": 0.0}),
+    # tr: tokens [ankara, da]: P 1/2, R 1 -> F1 2/3.
+    ("Ankara'da", "Ankara", {"accuracy": 1.0, "exact_match": 0.0, "f1": 2 / 3}),
+    # zh: tokens 答 案 是 北 京 (5), gold 北 京 (2): P 2/5, R 1 -> F1 4/7.
+    ("答案是北京。", "北京", {"accuracy": 1.0, "exact_match": 0.0, "f1": 4 / 7}),
+    # th: the gold's characters run inside the output's.
+    ("คำตอบคือกรุงเทพ", "กรุงเทพ", {"accuracy": 1.0, "exact_match": 0.0}),
+    # hi: Devanagari digits read as ASCII; "३.०" is the number 3: tokens [उत्तर, 3, है]: P 1/3 -> F1 1/2.
+    ("उत्तर ३.० है", "3", {"accuracy": 1.0, "exact_match": 0.0, "f1": 0.5}),
+    # en: MKQA's "3.0" is 3: tokens [there, are, 3, seasons]: P 1/4, R 1 -> F1 2/5.
+    ("There are 3 seasons.", "3.0", {"accuracy": 1.0, "exact_match": 0.0, "f1": 0.4}),
+    ("3", "3.0", {"accuracy": 1.0, "exact_match": 1.0, "f1": 1.0}),
+    ("30", "3.0", {"accuracy": 0.0, "exact_match": 0.0, "f1": 0.0}),
+    # ko: a counter glued to a number: tokens [3, 개입니다]: P 1/2, R 1 -> F1 2/3.
+    ("3개입니다", "3.0", {"accuracy": 1.0, "exact_match": 0.0, "f1": 2 / 3}),
+])
+def test_score_qa_containment_affixes_and_numbers(output, gold, expected):
+  scores = metrics.score_qa(output, gold, unanswerable="skip")
+  assert {k: scores[k] for k in expected} == pytest.approx(expected)
 
 
 def test_score_qa_chinese():
@@ -303,9 +366,9 @@ def test_rouge_l_zh_value():
 
 
 def test_rouge_tokens():
-  assert metrics.rouge_tokens("Don't stop_now, 2.5!") == ["don", "t", "stop", "now", "2", "5"]
-  assert metrics.rouge_tokens("कल बारिश होगी।") == ["कल", "बारिश", "होगी"]
-  assert metrics.rouge_tokens("GPT-4发布了") == ["gpt", "4", "发", "布", "了"]
+  assert textnorm.rouge_tokens("Don't stop_now, 2.5!") == ["don", "t", "stop", "now", "2", "5"]
+  assert textnorm.rouge_tokens("कल बारिश होगी।") == ["कल", "बारिश", "होगी"]
+  assert textnorm.rouge_tokens("GPT-4发布了") == ["gpt", "4", "发", "布", "了"]
 
 
 def _random_english(rng, words):
@@ -378,7 +441,7 @@ def test_summarize_options_and_errors():
 
 def test_summarize_of_scored_records():
   outputs = [("en", "(2)", 2), ("en", "(1)", 2), ("zh", "中立", 2)]
-  records = [dict(lang=lang, **metrics.score_choice(out, gold, XNLI_EN if lang == "en"
+  records = [dict(lang=lang, **choice.score_choice(out, gold, XNLI_EN if lang == "en"
                                                      else XNLI_ZH, markers="digits"))
              for lang, out, gold in outputs]
   summary = metrics.summarize(records)
@@ -388,9 +451,9 @@ def test_summarize_of_scored_records():
 def test_records_carry_the_reported_metric():
   from cc_jax import benchmarks
   records = {
-      "XNLI": metrics.score_choice("(1)", 1, XNLI_EN, markers="digits"),
-      "XStoryCloze": metrics.score_choice("(1)", 1, ["a", "b"], markers="digits"),
-      "MMMLU": metrics.score_choice("A", "A", MMMLU, markers="letters"),
+      "XNLI": choice.score_choice("(1)", 1, XNLI_EN, markers="digits"),
+      "XStoryCloze": choice.score_choice("(1)", 1, ["a", "b"], markers="digits"),
+      "MMMLU": choice.score_choice("A", "A", MMMLU, markers="letters"),
       "XQuAD": metrics.score_qa("a b", "b", unanswerable="skip"),
       "MKQA": metrics.score_qa("a b", ["b", "c"], unanswerable="skip"),
       "XLSum": metrics.score_summary("a", "a"),

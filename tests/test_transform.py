@@ -75,3 +75,29 @@ def test_save_load_refuses_mismatches(tmp_path):
   with pytest.raises(ValueError, match="allow_pickle"):
     transform.load(tmp_path, num_layers=2, hidden_size=8)
   assert json.loads((tmp_path / transform.META_FILE).read_text())["checkpoint"] == "/runs/a/checkpoints/100"
+
+
+def test_collection_captures_at_each_prompts_anchor():
+  """Left-padded batches of unequal prompts, anchors anywhere (cc.anchor=authors puts them a
+  token before the end): each row equals the MLP outputs of its own unpadded forward pass."""
+  import flax.linen as nn
+  import jax
+  from cc_jax.model import Llama, LlamaConfig
+  cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_layers=2, num_heads=2, num_kv_heads=1,
+                    head_dim=8)
+  model = Llama(cfg)
+  rng = np.random.default_rng(0)
+  prompts = [rng.integers(1, 50, n).tolist() for n in (5, 9, 3, 7, 6)]
+  anchors = [3, 8, 1, 5, 4]
+  dummy = np.zeros((1, 4), np.int32)
+  params = nn.unbox(model.init(jax.random.key(0), dummy, dummy, dummy + 1)["params"])
+  got = transform.collect_activations(model, params, prompts, pad_id=0, batch_size=2, buckets=(8, 16),
+                                      anchors=anchors)
+  assert got.shape == (5, cfg.num_layers, cfg.hidden_size)
+  for row, (prompt, anchor) in enumerate(zip(prompts, anchors)):
+    tokens = np.asarray([prompt], np.int32)
+    out = model.apply({"params": params}, tokens, np.arange(len(prompt))[None], np.ones_like(tokens),
+                      capture_at_B=np.asarray([anchor], np.int32), compute_logits=False)
+    np.testing.assert_allclose(got[row], np.asarray(out.captured_LBD)[:, 0], rtol=1e-5, atol=1e-5)
+  last = transform.collect_activations(model, params, prompts, pad_id=0, batch_size=2, buckets=(8, 16))
+  assert not np.allclose(last, got)  # None: the last token, which is not these anchors
