@@ -94,7 +94,7 @@ def torch_cc_loss_and_backward(hf_model, decision_maker, t: dict, noise_BL=None,
   if noise_BL is None:
     weights_BL = F.gumbel_softmax(scores_BL, tau=temperature, hard=True)
   else:
-    y_soft = torch.softmax((scores_BL + torch.as_tensor(noise_BL)) / temperature, dim=-1)
+    y_soft = torch.softmax((scores_BL + torch.tensor(np.array(noise_BL))) / temperature, dim=-1)
     y_hard = F.one_hot(y_soft.argmax(-1), y_soft.shape[-1]).to(y_soft.dtype)
     weights_BL = y_hard - y_soft.detach() + y_soft
   vector_BD = torch.einsum("bl,lbd->bd", weights_BL, english_LBD)

@@ -43,7 +43,7 @@ def test_outputs(tmp_path):
   # Predictions: every record with gold and scores, by index.
   lines = (tmp_path / "predictions/cc/XNLI/en.jsonl").read_text().splitlines()
   assert [json.loads(l)["index"] for l in lines] == [0, 1]
-  assert json.loads(lines[0]) == rec("cc", "XNLI", "en", 0, {"accuracy": 1.0})
+  assert json.loads(lines[0]) == {**rec("cc", "XNLI", "en", 0, {"accuracy": 1.0}), "prompt_cut": 0}
   mkqa = json.loads((tmp_path / "predictions/cc/MKQA/ja.jsonl").read_text())
   assert mkqa["gold"] == ["3.0", "three"]
   assert sorted(report.read_predictions(tmp_path), key=repr) == sorted(
@@ -51,8 +51,9 @@ def test_outputs(tmp_path):
 
   # Results: hand-computed means; the macro average is over languages.
   sft = json.loads((tmp_path / "results/sft/XNLI.json").read_text())
-  assert sft["languages"] == {"en": {"count": 2, "scores": {"accuracy": 0.5}},
-                              "ar": {"count": 1, "scores": {"accuracy": 0.0}}}
+  assert sft["languages"] == {"en": {"count": 2, "prompts_cut": 0, "scores": {"accuracy": 0.5}},
+                              "ar": {"count": 1, "prompts_cut": 0, "scores": {"accuracy": 0.0}}}
+  assert sft["prompts_cut"] == 0 and "Prompts cut" not in (tmp_path / "results.md").read_text()
   assert sft["macro_average"] == {"accuracy": 0.25}  # not 1/3, the mean over examples
   assert (sft["count"], sft["primary_metric"], sft["predictions"]) == (
       3, "accuracy", "predictions/sft/XNLI")
