@@ -21,6 +21,7 @@ import json
 import os
 import pathlib
 import shutil
+import time
 from typing import Any, Callable, Iterator, Mapping
 
 import jax
@@ -31,6 +32,7 @@ from absl import logging
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from cc_jax import console
 from cc_jax.model import LlamaConfig, RopeScaling
 
 FORMAT_VERSION = 1
@@ -403,7 +405,12 @@ def gguf_to_cc_jax(gguf_path, out_dir, dtype: str = "float32", overwrite: bool =
   if pathlib.Path(out_dir).exists() and not overwrite:
     raise FileExistsError(f"{out_dir} already exists; choose a new output directory (nothing was written)")
   kwargs = dict(gguf_file=gguf_path.name)
+  if not console.is_terminal():  # its bars would write carriage returns into a log file
+    transformers.utils.logging.disable_progress_bar()
+  start = time.perf_counter()
+  console.say(f"  reading the tokenizer from {gguf_path.name}")
   tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf_path.parent), **kwargs)
+  console.say(f"  dequantising the weights through transformers' GGUF loader ({time.perf_counter() - start:.0f} s)")
   hf_model = transformers.AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), dtype=torch.float32,
                                                                **kwargs)
   hf_config = hf_model.config.to_dict()
@@ -412,10 +419,14 @@ def gguf_to_cc_jax(gguf_path, out_dir, dtype: str = "float32", overwrite: bool =
   cfg = LlamaConfig.from_hf(hf_config)
   state = {k: v.detach().numpy() for k, v in hf_model.state_dict().items()}
   del hf_model
+  console.say(f"  mapping {len(state)} tensors to cc_jax's layout ({time.perf_counter() - start:.0f} s)")
   params = params_from_tensors(cfg, list(state), state.__getitem__, DTYPES[dtype], where=lambda n: str(gguf_path))
-  return save_model_dir(out_dir, cfg, params, hf_config=hf_config, tokenizer=tokenizer,
-                        meta={"source": str(gguf_path.absolute()), "source_dtype": "gguf"},
-                        overwrite=overwrite)
+  console.say(f"  writing {out_dir} ({time.perf_counter() - start:.0f} s)")
+  out = save_model_dir(out_dir, cfg, params, hf_config=hf_config, tokenizer=tokenizer,
+                       meta={"source": str(gguf_path.absolute()), "source_dtype": "gguf"},
+                       overwrite=overwrite)
+  console.say(f"  converted in {time.perf_counter() - start:.0f} s")
+  return out
 
 
 def cc_jax_to_hf(model_dir, out_dir, dtype: str | None = None, params: Mapping | None = None,

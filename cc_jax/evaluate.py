@@ -30,9 +30,8 @@ from typing import Sequence
 from absl import logging
 import jax
 import numpy as np
-import tqdm
 
-from cc_jax import batching, benchmarks, choice, convert, data, generate, metrics, report, runtime, transform
+from cc_jax import batching, benchmarks, choice, console, convert, data, generate, metrics, report, runtime, transform
 from cc_jax.benchmarks import EvalExample
 
 MODES = ("plain", "matrix", "identity", "oracle")
@@ -309,7 +308,7 @@ def evaluate_examples(trained: runtime.TrainedModel, examples: Sequence[EvalExam
         if not run_items:
           continue
         en_prompts = generator.encode([english[(bench, e.lang, e.index)] for e in run_items])
-      with tqdm.tqdm(total=len(run_items), desc=f"{bench} [{label}]", disable=not progress) as bar:
+      with console.bar(progress, total=len(run_items), desc=f"{bench} [{label}]") as bar:
         predictions = generator.run(run_prompts, mode, en_prompts, bar)
       for example, prompt, prediction in zip(run_items, run_prompts, predictions):
         scores = score(example, prediction)

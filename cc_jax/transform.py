@@ -201,9 +201,7 @@ def fit_for_run(workdir, *, num_samples: int = 1000, seed: int = 0, batch_size: 
   Returns:
     The metadata written beside the matrix.
   """
-  import tqdm
-
-  from cc_jax import data, runtime, train
+  from cc_jax import console, data, runtime, train
 
   trained = runtime.load_trained(workdir, step)
   train_config, tokenizer = trained.train_config, trained.tokenizer
@@ -222,7 +220,7 @@ def fit_for_run(workdir, *, num_samples: int = 1000, seed: int = 0, batch_size: 
   buckets = batching.prompt_buckets(longest)
   params = train.model_params(trained.params)
   pad = data.pad_token_id(tokenizer)
-  with tqdm.tqdm(total=2 * len(picked), desc="matrix: collect", disable=not progress) as bar:
+  with console.bar(progress, total=2 * len(picked), desc="matrix: collect") as bar:
     source_NLD = collect_activations(trained.model, params, source_prompts, pad, batch_size, buckets, bar,
                                      anchors[0])
     target_NLD = collect_activations(trained.model, params, target_prompts, pad, batch_size, buckets, bar,

@@ -36,6 +36,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # run from
 
 from absl import app, flags  # noqa: E402
 
+from cc_jax import console  # noqa: E402
+
 from shared_machine import Quiet, timed_rounds  # noqa: E402  (launch/, beside this script)
 
 FLAGS = flags.FLAGS
@@ -468,4 +470,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  console.run(main)

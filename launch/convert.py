@@ -19,7 +19,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # run from
 
 from absl import app, flags  # noqa: E402
 
-from cc_jax import convert, runtime, smollm2  # noqa: E402
+from cc_jax import console, convert, runtime, smollm2  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("from", None, ["hf", "gguf", "smollm2", "cc_jax", "run"], "Source format.", required=True)
@@ -53,4 +53,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  console.run(main)
