@@ -289,6 +289,14 @@ class Checkpointer:
     )
     return restored[_STATE], restored[_EXTRA]
 
+  def restore_extra(self, step: int | None = None) -> dict[str, Any]:
+    """The `extra` dict of checkpoint `step` (default: the latest), without reading the arrays."""
+    self._manager.wait_until_finished()
+    step = self._manager.latest_step() if step is None else step
+    if step is None or step not in self._manager.all_steps():
+      raise FileNotFoundError(f"No checkpoint{'' if step is None else f' for step {step}'} in {self.directory}.")
+    return self._manager.restore(step, args=ocp.args.Composite(**{_EXTRA: ocp.args.JsonRestore()}))[_EXTRA]
+
   def restore_params(self, abstract_params: PyTree, step: int | None = None) -> tuple[PyTree, int]:
     """Restores only `state.params` (no optimizer state), e.g. for inference.
 

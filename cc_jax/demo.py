@@ -25,8 +25,23 @@ _CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['co
            "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
 
 
-def stage(message: str) -> None:
-  print(f"\n==> {message}", flush=True)
+class Stages:
+  """Prints each stage's header as it starts and records how long each took in this invocation."""
+
+  def __init__(self):
+    self.seconds: dict[str, float] = {}
+    self._name, self._start = None, None
+
+  def start(self, message: str) -> None:
+    self.finish()
+    print(f"\n==> {message}", flush=True)
+    self._name, self._start = message, time.perf_counter()
+
+  def finish(self) -> None:
+    if self._name is not None:
+      self.seconds[self._name] = time.perf_counter() - self._start
+      print(f"    ({self.seconds[self._name]:.0f} s)", flush=True)
+      self._name = None
 
 
 def byte_tokenizer(directory: pathlib.Path):
@@ -89,55 +104,63 @@ def run_method(config: ConfigDict, method: str, workdir: pathlib.Path) -> dict:
   if summary["status"] != "completed":
     raise RuntimeError(f"{method} training stopped ({summary['status']}) at step {summary['step']}; "
                        "rerun the demo to resume")
+  if not summary["steps_run"]:
+    print(f"already trained in {workdir} (step {summary['step']}, final loss "
+          f"{summary['metrics'].get('loss', float('nan')):.4f}); delete it to train again", flush=True)
   return summary
 
 
 def run_demo(config: ConfigDict, workdir) -> pathlib.Path:
   """Runs every stage; returns the path of the markdown report."""
-  start = time.perf_counter()
+  stages = Stages()
   workdir = pathlib.Path(workdir).absolute()
   workdir.mkdir(parents=True, exist_ok=True)
-  stage("1/5 model")
+  stages.start("1/5 model")
   config, model_note = model_settings(config, workdir)
   print(f"using {model_note}")
 
   summaries = {}
   for number, method in ((2, "sft"), (3, "cc")):
-    stage(f"{number}/5 training {method} ({'vanilla SFT' if method == 'sft' else 'CC-Tuning'}) "
+    stages.start(f"{number}/5 training {method} ({'vanilla SFT' if method == 'sft' else 'CC-Tuning'}) "
           f"on {demo_data.TRAIN_FILE.name}")
     summaries[method] = run_method(config, method, workdir / method)
 
-  stage("4/5 Transform Matrix for the cc run")
+  stages.start("4/5 Transform Matrix for the cc run")
+  print(f"running the cc model on {config.matrix.num_samples} parallel prompt pairs", flush=True)
   meta = transform.fit_for_run(workdir / "cc", num_samples=config.matrix.num_samples, seed=config.matrix.seed,
                                batch_size=config.matrix.batch_size, progress=config.log.progress_bar)
   print(f"fitted on {meta['num_samples']} parallel prompt pairs: MSE {meta['mse']:.4g}, R^2 {meta['r2']:.3f}")
 
-  stage("5/5 evaluation on the held-out questions of every language")
+  stages.start("5/5 evaluation on the held-out questions of every language")
   examples = held_out_examples(config.eval.limit)
+  print(f"{len(examples)} questions; sft in plain mode, cc in plain and matrix mode", flush=True)
   options = evaluate.EvalOptions(source="", benchmarks=(BENCHMARK,), modes=("plain", "matrix"),
                                  batch_size=config.eval.batch_size, max_new_tokens=config.eval.max_new_tokens)
   records = []
   for method in ("sft", "cc"):
     trained = runtime.load_trained(workdir / method)
     records += evaluate.evaluate_examples(trained, examples, options, workdir / method, config.log.progress_bar)
+    del trained  # one model in memory at a time
   report_dir = workdir / "report"
   report.write_report(report_dir, records, methods=["sft", "cc-plain", "cc-matrix"])
-  path = write_summary(workdir, report_dir, model_note, summaries, meta, len(examples), time.perf_counter() - start)
+  stages.finish()
+  path = write_summary(workdir, report_dir, model_note, summaries, meta, len(examples), stages.seconds)
   print("\n" + (report_dir / "results.md").read_text())
-  print(f"report: {path}\nchart:  {report_dir / 'results.png'}")
+  print(f"report: {path}\ncharts: {report_dir / 'results.png'}, {report_dir / report.BY_LANGUAGE_PNG}")
   return path
 
 
 def write_summary(workdir: pathlib.Path, report_dir: pathlib.Path, model_note: str, summaries: dict, meta: dict,
-                  num_examples: int, seconds: float) -> pathlib.Path:
+                  num_examples: int, stage_seconds: dict[str, float]) -> pathlib.Path:
   """REPORT.md: what ran, the comparison table, and what a run of this size can show."""
   lines = [
       "# cc_jax demo report", "",
       f"Model: {model_note}.", "",
-      "| run | steps | final training loss |", "|---|---:|---:|",
+      "| run | steps | final training loss | trained |", "|---|---:|---:|---|",
   ]
   for method, s in summaries.items():
-    lines.append(f"| {method} | {s['step']} | {s['metrics'].get('loss', float('nan')):.4f} |")
+    when = "in this invocation" if s["steps_run"] else "by an earlier invocation (read from metrics.jsonl)"
+    lines.append(f"| {method} | {s['step']} | {s['metrics'].get('loss', float('nan')):.4f} | {when} |")
   lines += [
       "", f"Transform Matrix: {meta['num_samples']} parallel prompt pairs, fit MSE {meta['mse']:.4g}, "
       f"R^2 {meta['r2']:.3f}.", "",
@@ -146,6 +169,7 @@ def write_summary(workdir: pathlib.Path, report_dir: pathlib.Path, model_note: s
       "Methods: `sft` (vanilla fine-tuning), `cc-plain` (the CC-tuned model without the connection), "
       "`cc-matrix` (CC inference with the Transform Matrix, the paper's method).", "",
       (report_dir / "results.md").read_text(), "",
+      f"Charts: `report/results.png` (macro averages) and `report/{report.BY_LANGUAGE_PNG}` (every language).", "",
       "## What this run can and cannot show", "",
       "This is a demonstration of the pipeline, not a replication of the paper. A few minutes of "
       "training a 135M-parameter model on a few hundred synthetic arithmetic questions cannot "
@@ -154,7 +178,10 @@ def write_summary(workdir: pathlib.Path, report_dir: pathlib.Path, model_note: s
       "are within noise: each language has only a handful of questions. What the run does show is "
       "that every stage works end to end on real weights: paired English/non-English training with "
       "the Decision Maker, the least-squares Transform Matrix, and cached CC inference.", "",
-      f"Total time: {seconds / 60:.1f} minutes.",
+      "## Time of each stage in this invocation", "",
+      "| stage | seconds |", "|---|---:|",
+      *(f"| {name} | {seconds:.0f} |" for name, seconds in stage_seconds.items()),
+      f"| total | {sum(stage_seconds.values()):.0f} |",
   ]
   path = workdir / "REPORT.md"
   path.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -19,6 +19,16 @@ from cc_jax.connection import ConnectionConfig
 from cc_jax.model import Llama
 
 RUN_FILE = "run.json"  # what a workdir was trained from (config, base model)
+METRICS_FILE = "metrics.jsonl"
+PARAMS_ONLY = "params_only"  # marks a final checkpoint saved without optimizer state
+
+
+def last_logged_metrics(workdir) -> dict[str, Any]:
+  """The last record of a run's metrics.jsonl ({} if it has none): what a finished run reports
+  when it is run again."""
+  path = pathlib.Path(workdir) / METRICS_FILE
+  lines = path.read_text().splitlines() if path.exists() else []
+  return json.loads(lines[-1]) if lines else {}
 
 
 def step_config(config: ConfigDict) -> train.StepConfig:
@@ -48,7 +58,7 @@ class MetricsLog:
     if self.primary:
       from tensorboardX import SummaryWriter  # pure-Python event writer: no TensorFlow needed
       self.writer = SummaryWriter(str(workdir / "tensorboard"))
-      self.jsonl = open(workdir / "metrics.jsonl", "a")
+      self.jsonl = open(workdir / METRICS_FILE, "a")
     self.bar = console.bar(self.primary and config.log.progress_bar, total=total_steps, initial=start_step,
                            desc=config.cc.method, unit="step")
     self.last_time = time.perf_counter()
@@ -113,7 +123,17 @@ def train_loop(config: ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any
       async_save=config.ckpt.async_save))
   rng = jax.random.key(config.seed)
 
-  if ckpt.latest_step() is not None:
+  latest = ckpt.latest_step()
+  if latest is not None and latest >= total_steps:  # finished: restore nothing, compile nothing
+    ckpt.close()
+    return {"step": latest, "status": "completed", "metrics": last_logged_metrics(workdir), "workdir": str(workdir),
+            "steps_run": 0}
+  if latest is not None and ckpt.restore_extra(latest).get(PARAMS_ONLY):
+    ckpt.close()
+    raise ValueError(f"{workdir}/checkpoints/{latest} holds parameters only (that run finished with "
+                     f"ckpt.final_with_optimizer=False), so it cannot resume to {total_steps} steps; "
+                     "train in a new workdir, starting from an export of this run (launch/convert.py --from=run)")
+  if latest is not None:
     target, shardings = train.abstract_train_state(model=model, tx=tx, cfg=cfg, mesh=mesh, rules=rules)
     state, extra = ckpt.restore(target)
     iterator.restore(extra["data"])
@@ -141,7 +161,8 @@ def train_loop(config: ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any
         last = _check_and_log(log, ckpt, *pending)
       pending = (step + 1, metrics)
       extra = {"data": iterator.state()}
-      if ckpt.save(step + 1, state, extra, metrics=None):
+      # The last step is saved below, after the loop, in the form ckpt.final_with_optimizer asks for.
+      if step + 1 < total_steps and ckpt.save(step + 1, state, extra, metrics=None):
         last = _check_and_log(log, ckpt, *pending)  # a save already waits on this step
         pending = None
       if watcher.preemption_requested(step + 1):
@@ -155,7 +176,11 @@ def train_loop(config: ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any
     if pending is not None:
       last = _check_and_log(log, ckpt, *pending)
     if status == "completed":
-      ckpt.save(int(state.step), state, {"data": iterator.state()}, force=True)
+      if config.ckpt.final_with_optimizer:
+        ckpt.save(int(state.step), state, {"data": iterator.state()}, force=True)
+      else:  # restore_params reads `params` from either form
+        ckpt.save(int(state.step), {"step": state.step, "params": state.params},
+                  {"data": iterator.state(), PARAMS_ONLY: True}, force=True)
     ckpt.wait()
   finally:
     log.close()

@@ -58,7 +58,7 @@ def evaluate(config, workdir) -> None:
   config.model.path itself (plain mode)."""
   import pathlib
 
-  from cc_jax import evaluate as ev, loop
+  from cc_jax import evaluate as ev, loop, report
   e = config.eval
   if not e.source:
     raise app.UsageError("task=eval needs config.eval.source: a local benchmark directory or 'hub'")
@@ -79,7 +79,8 @@ def evaluate(config, workdir) -> None:
   else:
     raise app.UsageError(f"task=eval: {workdir}/{loop.RUN_FILE} does not exist and config.model.path is empty; "
                          "name a training run (--workdir) or a model (--config.model.path)")
-  print(f"{len(records)} predictions scored; table in {out_dir / 'results.md'}, chart in {out_dir / 'results.png'}")
+  print(f"{len(records)} predictions scored; table in {out_dir / 'results.md'}, charts in {out_dir / 'results.png'} "
+        f"and {out_dir / report.BY_LANGUAGE_PNG}")
 
 
 def main(argv):
@@ -103,8 +104,9 @@ def main(argv):
     if not workdir:
       raise app.UsageError("task=train needs --workdir (or config.workdir)")
     summary = loop.train_loop(config, workdir)
-    done = (f"loss {summary['metrics']['loss']:.4f}" if summary["steps_run"] else
-            "the workdir's run was already complete, nothing to do")
+    loss = summary["metrics"].get("loss", float("nan"))
+    done = (f"loss {loss:.4f}" if summary["steps_run"] else
+            f"the workdir's run was already complete, nothing to do (final loss {loss:.4f})")
     print(f"{summary['status']} at step {summary['step']}; {done}; checkpoints in {summary['workdir']}/checkpoints")
   elif config.task == "eval":
     evaluate(config, workdir)

@@ -6,8 +6,9 @@ Layout under the output directory (all writes atomic, all paths inside it):
   results/<method>/<benchmark>.json               per-language means and counts, macro average
   results.md                                      per benchmark: languages x methods, in %
   results.png                                     grouped bars: benchmarks x methods, macro avg
+  results_by_language.png                         per benchmark: languages x methods
 
-`results.md` and `results.png` cover every `results/*/*.json` in the directory, so methods
+`results.md` and the charts cover every `results/*/*.json` in the directory, so methods
 evaluated in separate runs end up in one table.
 """
 
@@ -27,6 +28,7 @@ from cc_jax import benchmarks as bm, files
 
 # Method, benchmark and language names become path components: no separators, no dot files.
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$")
+BY_LANGUAGE_PNG = "results_by_language.png"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -280,6 +282,64 @@ def plot_results(results: Sequence[Mapping[str, Any]], methods: Sequence[str] | 
   return buf.getvalue()
 
 
+def language_chart_data(results: Sequence[Mapping[str, Any]],
+                        methods: Sequence[str] | None = None) -> list[dict[str, Any]]:
+  """What `plot_by_language` draws: per benchmark, its languages (paper order), and per method
+  the primary metric of each language in percent (None where the method has no result).
+
+  Returns:
+    [{"benchmark", "metric", "languages": [lang], "values": {method: [percent | None]}}].
+  """
+  methods = _method_order(results, methods)
+  index = {(r["benchmark"], r["method"]): r for r in results}
+  out = []
+  for b in _bench_order(r["benchmark"] for r in results):
+    langs = _lang_order(b, (l for r in results if r["benchmark"] == b for l in r["languages"]))
+    values = {}
+    for m in methods:
+      if (b, m) in index:
+        values[m] = [None if (v := _primary(index[(b, m)], lang)) is None else 100 * v for lang in langs]
+    out.append({"benchmark": b, "metric": _metric_label(results, b), "languages": langs, "values": values})
+  return out
+
+
+def plot_by_language(results: Sequence[Mapping[str, Any]], methods: Sequence[str] | None = None) -> bytes:
+  """Draws one panel per benchmark: languages on the x axis, one bar per method (primary metric
+  in percent), and returns the PNG bytes. The y axis stops just above the highest bar, so
+  differences of a few points between methods stay visible."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  panels = language_chart_data(results, methods)
+  methods = _method_order(results, methods)
+  widest = max(len(p["languages"]) for p in panels)
+  fig = Figure(figsize=(max(6.0, 1.5 + widest * (0.3 + 0.22 * len(methods))), 0.6 + 2.8 * len(panels)), dpi=100)
+  FigureCanvasAgg(fig)
+  colors = {m: f"C{j}" for j, m in enumerate(methods)}  # a method keeps its colour in every panel
+  width = 0.8 / max(1, len(methods))
+  for row, panel in enumerate(panels):
+    ax = fig.add_subplot(len(panels), 1, row + 1)
+    top = 0.0
+    for j, m in enumerate(methods):
+      if m not in panel["values"]:
+        continue
+      pairs = [(i - 0.4 + width * (j + 0.5), v) for i, v in enumerate(panel["values"][m]) if v is not None]
+      xs, ys = zip(*pairs) if pairs else ((), ())
+      ax.bar(xs, ys, width=width, label=m, color=colors[m])
+      top = max([top, *ys])
+    ax.set_xticks(range(len(panel["languages"])))
+    ax.set_xticklabels(panel["languages"], fontsize=9)
+    ax.set_xlim(-0.6, len(panel["languages"]) - 0.4)
+    ax.set_ylim(0, min(100.0, max(5.0, 1.12 * top)))
+    ax.set_ylabel(f"{panel['metric']} (%)", fontsize=8)
+    ax.set_title(panel["benchmark"], fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+  fig.tight_layout()
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png")
+  return buf.getvalue()
+
+
 # ---------------------------------------------------------------------------------------------
 # Writing
 
@@ -300,7 +360,7 @@ def write_report(out_dir: str | os.PathLike,
     records: scored predictions (objects or dicts with their fields).
     primary_metrics: benchmark -> reported metric (see `summarize`).
     methods: column order of the table and chart (unnamed methods follow, alphabetically).
-    chart: also write results.png (needs matplotlib).
+    chart: also write results.png and results_by_language.png (needs matplotlib).
 
   Returns:
     The paths written.
@@ -339,5 +399,8 @@ def write_report(out_dir: str | os.PathLike,
   if chart:
     path = _inside(root, root / "results.png")
     files.write_atomic(path, plot_results(everything, methods))
+    written.append(path)
+    path = _inside(root, root / BY_LANGUAGE_PNG)
+    files.write_atomic(path, plot_by_language(everything, methods))
     written.append(path)
   return written

@@ -116,6 +116,10 @@ def get_config() -> config_dict.ConfigDict:
   c.ckpt.every_steps = 500  # save every N optimizer steps (and at the end, and on SIGTERM)
   c.ckpt.keep = 3  # keep the last K checkpoints
   c.ckpt.async_save = True  # write checkpoints in the background
+  # The checkpoint at the end of a completed run also holds the optimizer state (3x the
+  # parameters' size with Adam). False keeps parameters only: enough for the matrix, eval and
+  # export, but that run cannot be trained further.
+  c.ckpt.final_with_optimizer = True
 
   c.log = config_dict.ConfigDict()
   c.log.every_steps = 10  # console / TensorBoard metrics interval

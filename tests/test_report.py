@@ -38,7 +38,7 @@ def test_outputs(tmp_path):
       "predictions/cc/XNLI/en.jsonl", "predictions/cc/XNLI/ar.jsonl",
       "predictions/cc/XLSum/en.jsonl", "predictions/cc/MKQA/ja.jsonl",
       "results/sft/XNLI.json", "results/cc/XNLI.json", "results/cc/XLSum.json",
-      "results/cc/MKQA.json", "results.md", "results.png"}
+      "results/cc/MKQA.json", "results.md", "results.png", "results_by_language.png"}
 
   # Predictions: every record with gold and scores, by index.
   lines = (tmp_path / "predictions/cc/XNLI/en.jsonl").read_text().splitlines()
@@ -76,6 +76,36 @@ def test_outputs(tmp_path):
   image = matplotlib.image.imread(png)
   assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
   assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_per_language_chart_is_readable_for_ten_languages_and_three_methods(tmp_path):
+  """The chart beside the macro one: one panel per benchmark, a bar per (language, method), its
+  values those of the results JSON, at a size where 30 bars per panel stay legible."""
+  import matplotlib.image  # pylint: disable=g-import-not-at-top
+  langs = ["en", "zh", "ar", "hi", "ru", "sw", "fr", "de", "ja", "th"]
+  methods = ["sft", "cc-plain", "cc-matrix"]
+  records = [rec(m, "MKQA", lang, i, {"accuracy": float((i + j + k) % 3 == 0)})
+             for j, m in enumerate(methods) for k, lang in enumerate(langs) for i in range(3)]
+  records += [rec(m, "XNLI", lang, 0, {"accuracy": float(k % 2)}) for m in methods for k, lang in enumerate(langs[:4])]
+  report.write_report(tmp_path, records, methods=methods)
+
+  results = {(r["method"], r["benchmark"]): r for r in report.read_results(tmp_path)}
+  panels = report.language_chart_data(report.read_results(tmp_path), methods)
+  assert [p["benchmark"] for p in panels] == ["XNLI", "MKQA"]
+  for panel in panels:
+    assert sorted(panel["languages"]) == sorted(results[("sft", panel["benchmark"])]["languages"])
+    assert list(panel["values"]) == methods
+    for m, values in panel["values"].items():
+      expected = [100 * results[(m, panel["benchmark"])]["languages"][l]["scores"]["accuracy"]
+                  for l in panel["languages"]]
+      assert values == pytest.approx(expected)
+  assert panels[1]["values"]["sft"][:2] == pytest.approx([100 / 3, 100 / 3])  # en: index 0 right; zh: index 2
+
+  png = tmp_path / report.BY_LANGUAGE_PNG
+  assert png.read_bytes().startswith(PNG_SIGNATURE)
+  height, width, _ = matplotlib.image.imread(png).shape
+  assert 900 <= width <= 2000 and 500 <= height <= 1400  # about 30 px per bar; two panels
+  assert width / 30 >= 25
 
 
 def test_later_runs_merge_and_replace(tmp_path):
