@@ -148,6 +148,7 @@ def train_loop(config: ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any
           "config": json.loads(config.to_json())}, indent=2))
 
   step_fn = train.make_train_step(model, tx, schedule, cfg, mesh, rules, shardings)
+  logging.info("compiling the train step: the first step takes longer")
   batch_sharding = sh.batch_sharding(mesh)
   watcher = checkpoint.install_sigterm_handler()
   log = MetricsLog(workdir, config, total_steps, int(state.step))

@@ -49,3 +49,7 @@ def test_demo_runs_every_stage(tmp_path, monkeypatch, capsys, reachable):
     assert "SmolLM2-135M-Instruct" in report and "TINY RANDOM MODEL" not in report
   else:
     assert "TINY RANDOM MODEL" in report and "TINY RANDOM MODEL" in out
+    # A rerun trains nothing, and reports the losses the finished runs logged.
+    demo.run_demo(reduced_config(), tmp_path)
+    again = (tmp_path / "REPORT.md").read_text()
+    assert "nan" not in again and "by an earlier invocation" in again and "| total |" in again
