@@ -36,7 +36,7 @@ def step_config(config: ConfigDict) -> train.StepConfig:
       method=config.cc.method,
       connection=ConnectionConfig(selection=config.cc.selection, temperature=config.cc.temperature,
                                   stop_english_grad=config.cc.stop_english_grad),
-      num_microbatches=config.optim.grad_accum_steps)
+      num_microbatches=config.optim.grad_accum_steps, loss_chunk_len=config.model.loss_chunk_len)
 
 
 def load_examples(config: ConfigDict, tokenizer) -> list[data.Example]:

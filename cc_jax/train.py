@@ -19,11 +19,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from cc_jax import batching, connection, sharding as sh
+from cc_jax import batching, connection, loss as losses, sharding as sh
 from cc_jax.connection import ConnectionConfig
 from cc_jax.model import Llama
 
-IGNORE_INDEX = -100
+IGNORE_INDEX = losses.IGNORE_INDEX
 METHODS = ("cc", "sft")
 
 
@@ -39,6 +39,7 @@ class StepConfig:
   method: str = "cc"
   connection: ConnectionConfig = ConnectionConfig()
   num_microbatches: int = 1  # gradient accumulation
+  loss_chunk_len: int = 0  # LM head + cross-entropy this many positions at a time; 0 = all at once
 
   def __post_init__(self):
     if self.method not in METHODS:
@@ -48,14 +49,6 @@ class StepConfig:
 def model_params(params: Mapping) -> dict:
   """The decoder's parameters (everything but the Decision Maker)."""
   return {k: v for k, v in params.items() if k != connection.PARAM_NAME}
-
-
-def token_loss_sum(logits_BTV: jax.Array, labels_BT: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Summed next-token cross-entropy over labelled tokens, and their count (labels unshifted)."""
-  logits, labels = logits_BTV[:, :-1], labels_BT[:, 1:]
-  valid = labels != IGNORE_INDEX
-  losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), jnp.where(valid, labels, 0))
-  return jnp.sum(losses * valid), jnp.sum(valid).astype(jnp.float32)
 
 
 def gather_rows(x_BT, index_B):
@@ -97,8 +90,15 @@ def loss_fn(params, batch, noise_BL, *, model: Llama, cfg: StepConfig):
     real_B = jnp.any(batch["labels"] != IGNORE_INDEX, axis=-1).astype(jnp.float32)
     selected_L, mean_entropy = connection.selection_stats(weights_BL, scores_BL, real_B)
     aux.update(selected=selected_L, entropy_sum=mean_entropy * jnp.sum(real_B), examples=jnp.sum(real_B))
-  out = model.apply(decoder, batch["input_ids"], batch["positions"], batch["attention_mask"], inject=inject)
-  loss_sum, tokens = token_loss_sum(out.logits_BTV, batch["labels"])
+  chunked = 0 < cfg.loss_chunk_len < batch["input_ids"].shape[1]
+  out = model.apply(decoder, batch["input_ids"], batch["positions"], batch["attention_mask"], inject=inject,
+                    compute_logits=not chunked)
+  if chunked:  # the (B, T, V) logits never exist whole
+    logits_fn = lambda h: model.apply(decoder, h, method=Llama.logits)  # noqa: E731
+    loss_sum, tokens = losses.chunked_token_loss_sum(out.hidden_BTD, batch["labels"], logits_fn,
+                                                     cfg.loss_chunk_len)
+  else:
+    loss_sum, tokens = losses.token_loss_sum(out.logits_BTV, batch["labels"])
   aux["tokens"] = tokens
   return loss_sum, aux
 

@@ -26,6 +26,9 @@ def get_config() -> config_dict.ConfigDict:
   c.model.scan_layers = True  # nn.scan over layers: compile time flat in depth
   c.model.remat_policy = "none"  # none | full | save_dots (activation checkpointing)
   c.model.attention_impl = ""  # "" (XLA picks) | xla | cudnn
+  # Training loss: LM head + cross-entropy this many positions at a time, recomputed in the
+  # backward, so the (batch, length, vocab) float32 logits never exist whole; 0 = all at once.
+  c.model.loss_chunk_len = 0
   # Architecture, used when model.path is "" and checked against a converted model's
   # config otherwise (so a preset cannot silently train the wrong model). 0 = unchecked.
   c.model.arch = config_dict.ConfigDict()
