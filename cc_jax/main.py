@@ -4,11 +4,12 @@ Parses flags and dispatches on config.task; the work itself lives in library mod
 """
 
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cc_jax import console, xla_flags
+from cc_jax import compile_cache, console, xla_flags
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
@@ -96,9 +97,18 @@ def main(argv):
   if workdir and "://" not in workdir:
     workdir = os.path.abspath(workdir)
   config.workdir = workdir or ""  # so run.json records where the run went
-  print(console.run_header(config, workdir), flush=True)
+  # generate's stdout is the reply alone (pipeable); every other task starts with the header there.
+  print(console.run_header(config, workdir), file=sys.stderr if config.task == "generate" else sys.stdout, flush=True)
   if FLAGS.print_config:
     print(config, flush=True)
+  compile_cache.enable(config.compilation_cache_dir)
+  try:
+    run_task(config, workdir)
+  finally:
+    logging.info(compile_cache.summary())
+
+
+def run_task(config, workdir: str) -> None:
   if config.task == "train":
     from cc_jax import loop
     if not workdir:

@@ -42,7 +42,7 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # run from any directory
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
 from cc_jax import console  # noqa: E402
 
