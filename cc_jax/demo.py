@@ -9,11 +9,15 @@ stands in, and the report says so.
 from __future__ import annotations
 
 import copy
+import ctypes
+import gc
 import json
 import pathlib
+import sys
 import time
 
 from absl import logging
+import jax
 from ml_collections import ConfigDict
 
 from cc_jax import benchmarks, demo_data, evaluate, loop, report, runtime, smollm2, transform
@@ -96,11 +100,21 @@ def held_out_examples(limit_per_language: int) -> list[benchmarks.EvalExample]:
   return examples
 
 
+def release_memory() -> None:
+  """Returns a finished stage's memory to the OS, so the next stage's peak does not sit on top of
+  it: its compiled programs are dropped, and glibc gives back the heap pages it would keep."""
+  gc.collect()
+  jax.clear_caches()
+  if sys.platform.startswith("linux"):
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def run_method(config: ConfigDict, method: str, workdir: pathlib.Path) -> dict:
   run_config = copy.deepcopy(config)
   with run_config.unlocked():
     run_config.cc.method = method
   summary = loop.train_loop(run_config, workdir)
+  release_memory()
   if summary["status"] != "completed":
     raise RuntimeError(f"{method} training stopped ({summary['status']}) at step {summary['step']}; "
                        "rerun the demo to resume")
