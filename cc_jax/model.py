@@ -271,8 +271,12 @@ class Projection(nn.Module):
     cfg = self.cfg
     in_shape = x.shape[x.ndim - self.contract:]
     kernel = self.param("kernel", _init(self.kernel_axes), in_shape + self.features, cfg.jnp_param_dtype)
+    # Cast while the kernel is still sharded, so FSDP all-gathers move compute-dtype weights (half
+    # the bytes of float32 master weights in bf16). XLA's partitioner already places the cast
+    # there; the constraint keeps it so (tests/test_train.py reads the partitioned program).
+    kernel = nn.with_logical_constraint(kernel.astype(cfg.jnp_dtype), self.kernel_axes)
     x_dims = tuple(range(x.ndim - self.contract, x.ndim))
-    y = jax.lax.dot_general(x.astype(cfg.jnp_dtype), kernel.astype(cfg.jnp_dtype),
+    y = jax.lax.dot_general(x.astype(cfg.jnp_dtype), kernel,
                             ((x_dims, tuple(range(self.contract))), ((), ())))
     if self.use_bias:
       bias = self.param("bias", _zeros(self.kernel_axes[self.contract:]), self.features, cfg.jnp_param_dtype)

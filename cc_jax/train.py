@@ -164,11 +164,17 @@ def init_train_state(rng, model_params_tree, *, model: Llama, tx, cfg: StepConfi
   return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
 
 
-def make_train_step(model: Llama, tx, schedule, cfg: StepConfig, mesh, rules, state_shardings):
-  """The jitted, sharded train step: state donated, batch split over (data, fsdp)."""
+def jit_train_step(model: Llama, tx, schedule, cfg: StepConfig, mesh, state_shardings):
+  """The jitted, sharded train step: state donated, batch split over (data, fsdp). Call, lower or
+  compile it under `jax.set_mesh(mesh)` and the logical axis rules (`make_train_step` does)."""
   step = functools.partial(train_step, model=model, tx=tx, schedule=schedule, cfg=cfg)
-  jitted = jax.jit(step, in_shardings=(state_shardings, sh.batch_sharding(mesh), None),
-                   out_shardings=(state_shardings, None), donate_argnums=0)
+  return jax.jit(step, in_shardings=(state_shardings, sh.batch_sharding(mesh), None),
+                 out_shardings=(state_shardings, None), donate_argnums=0)
+
+
+def make_train_step(model: Llama, tx, schedule, cfg: StepConfig, mesh, rules, state_shardings):
+  """`jit_train_step`, called under the mesh and the rules."""
+  jitted = jit_train_step(model, tx, schedule, cfg, mesh, state_shardings)
 
   def run(state, batch, rng):
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):

@@ -1,5 +1,8 @@
 """The CC-Tuning and SFT steps against an independent PyTorch implementation of docs/method.md §2."""
 
+import re
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -238,3 +241,27 @@ def test_sharded_training_matches_one_device(tiny, method, mesh_shape):
   if "fsdp" in mesh_shape:  # weights really are split over the devices
     kernel = state.params["layers"]["mlp"]["up_proj"]["kernel"]
     assert kernel.sharding.shard_shape(kernel.shape)[1] == cfg.hidden_size // mesh_shape["fsdp"]
+
+
+def test_fsdp_gathers_move_compute_dtype_weights(tmp_path):
+  """With bf16 compute over float32 master weights, every all-gather XLA's partitioner emits for
+  an FSDP-sharded step moves bf16: weights are cast before they are gathered. Read right after
+  SPMD partitioning: XLA:CPU has no bf16 collectives and later rewrites them as f32 (GPU and
+  TPU keep them), so the final CPU program cannot show it."""
+  cfg = M.LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
+                      num_kv_heads=2, head_dim=8, max_position_embeddings=64, dtype="bfloat16")
+  model, mesh, rules = M.Llama(cfg), sh.make_mesh({"fsdp": 8}), sh.rules_from_config()
+  step_cfg = train.StepConfig(method="sft")
+  tx, schedule = optim.make_optimizer(optim.OptimConfig(learning_rate=1e-3), 10)
+  state, shardings = train.abstract_train_state(model=model, tx=tx, cfg=step_cfg, mesh=mesh, rules=rules)
+  batch = {k: np.concatenate([v, v]) for k, v in synthetic_batch(cfg.vocab_size).items()}
+  step = train.jit_train_step(model, tx, schedule, step_cfg, mesh, shardings)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    step.lower(state, batch, jax.random.key(0)).compile(compiler_options={
+        "xla_dump_to": str(tmp_path), "xla_dump_hlo_pass_re": "spmd-partitioning",
+        "xla_dump_hlo_module_re": "train_step"})
+  (partitioned,) = tmp_path.glob("*after_spmd-partitioning*")
+  gathered = re.findall(r"= (\w+)\[[\d,]*\]\{[\d,]*\} all-gather\(", partitioned.read_text())
+  float_gathers = [dtype for dtype in gathered if dtype.startswith(("f", "bf"))]
+  assert len(float_gathers) >= 8, gathered  # 7 projections per layer and the LM head, at least
+  assert set(float_gathers) == {"bf16"}, gathered
