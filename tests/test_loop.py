@@ -3,6 +3,7 @@ NaN stops without touching the last good checkpoint, and the CLI rejects unknown
 
 import json
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -174,6 +175,24 @@ def test_sigterm_saves_and_a_rerun_completes(tmp_path):
   again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
   assert again.returncode == 0 and "already complete, nothing to do" in again.stdout
   assert len(read_metrics(tmp_path)) == 20
+
+
+def test_a_second_start_loads_every_program_from_the_compilation_cache(tmp_path):
+  """Two fresh runs of the same config: the first compiles and fills the cache, the second
+  compiles nothing (the counts come from jax.monitoring, printed at the end of the log)."""
+  counts = []
+  for run in ("first", "second"):
+    done = subprocess.run(_main(tmp_path / run, "--config.optim.max_steps=2",
+                                f"--config.compilation_cache_dir={tmp_path / 'xla'}"),
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = re.search(r"XLA programs: (\d+) built in [\d.]+ s; (\d+) compiled, (\d+) loaded from the "
+                      r"compilation cache", done.stderr)
+    assert found, done.stderr[-3000:]
+    counts.append(tuple(map(int, found.groups())))
+  (built, compiled, loaded), (built_again, compiled_again, loaded_again) = counts
+  assert compiled > 0  # a program built twice in one process is loaded the second time
+  assert (built_again, compiled_again, loaded_again) == (built, 0, built)
 
 
 def test_unknown_config_key_is_an_error(tmp_path):
