@@ -124,8 +124,9 @@ class TrainedModel:
     return "base" if self.base else self.train_config.cc.method
 
 
-def _sharded_params(model: Llama, cfg: LlamaConfig, method: str, rules_config: dict, mesh):
+def abstract_params(model: Llama, method: str, rules_config: dict, mesh):
   """The abstract params of `model` (+ the Decision Maker for cc) with their shardings on `mesh`."""
+  cfg = model.cfg
   import flax.linen as nn
   import jax.numpy as jnp
 
@@ -166,7 +167,7 @@ def load_trained(workdir, step: int | None = None, mesh: jax.sharding.Mesh | Non
   train_config = ConfigDict(json.loads(run_file.read_text())["config"])
   cfg = model_config(train_config)
   model = Llama(cfg, inject_layer=train_config.cc.inject_layer)
-  target = _sharded_params(model, cfg, train_config.cc.method, train_config.mesh.rules.to_dict(),
+  target = abstract_params(model, train_config.cc.method, train_config.mesh.rules.to_dict(),
                            mesh or sh.make_mesh({"fsdp": -1}))
   with checkpoint.Checkpointer(checkpoint.CheckpointConfig(str(workdir / "checkpoints"))) as ckpt:
     params, step = ckpt.restore_params(target, step)
@@ -183,7 +184,7 @@ def load_model(config: ConfigDict, mesh: jax.sharding.Mesh | None = None) -> Tra
                      "'smollm2' to evaluate a model without a training run")
   cfg = model_config(config)
   model = Llama(cfg)
-  target = _sharded_params(model, cfg, "sft", config.mesh.rules.to_dict(), mesh or sh.make_mesh({"fsdp": -1}))
+  target = abstract_params(model, "sft", config.mesh.rules.to_dict(), mesh or sh.make_mesh({"fsdp": -1}))
   params = convert.load_params(directory, target)
   return TrainedModel(config, model, params, load_tokenizer(config), str(directory), base=True)
 

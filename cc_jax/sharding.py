@@ -10,6 +10,7 @@ from typing import Any, Mapping
 from absl import logging
 import flax.linen as nn
 import jax
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 # Parameter axes.
@@ -75,7 +76,29 @@ def make_mesh(shape: Mapping[str, int], devices=None) -> jax.sharding.Mesh:
   if math.prod(sizes) != len(devices):
     raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
                      f"{len(devices)} are available")
+  num_slices = len({getattr(d, "slice_index", None) or 0 for d in devices})
+  if num_slices > 1:
+    return _multi_slice_mesh(sizes, devices, num_slices)
   return jax.make_mesh(sizes, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
+
+
+def _multi_slice_mesh(sizes: list[int], devices: list, num_slices: int) -> jax.sharding.Mesh:
+  """Devices of several TPU slices: one batch axis spans the slices over the data-center network
+  (DCN), the rest stay on each slice's fast interconnect. `data` takes the slices when it can
+  (it carries only the gradient all-reduce, once per step), else `fsdp`."""
+  for axis in (0, 1):
+    if sizes[axis] % num_slices == 0:
+      break
+  else:
+    raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} over {num_slices} slices: mesh.data or mesh.fsdp "
+                     f"must be divisible by {num_slices}")
+  dcn = [1] * len(sizes)
+  dcn[axis] = num_slices
+  ici = [size // d for size, d in zip(sizes, dcn)]
+  logging.info("mesh over %d slices: %s across them (DCN), %s within each", num_slices, MESH_AXES[axis],
+               dict(zip(MESH_AXES, ici)))
+  devices_array = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices)
+  return jax.sharding.Mesh(devices_array, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
 
 
 def rules_from_config(overrides: Mapping[str, Any] | None = None) -> tuple:
