@@ -167,3 +167,14 @@ def get_config() -> config_dict.ConfigDict:
   c.generate.prompt = "Translate to French: The cat sleeps on the sofa."  # user message
   c.generate.max_new_tokens = 40  # the paper's evaluation length
   return c
+
+
+def paper_scale(c: config_dict.ConfigDict) -> config_dict.ConfigDict:
+  """The paper's 7-8B runs: global batch 128 (16 per device on 8) at cutoff 1024, set to fit
+  8 x 80 GB GPUs and a TPU v6e:2x4 slice (32 GB per chip) with fp32 master weights and AdamW.
+  Measured with launch/aot.py (docs/fit.md); on 80 GB GPUs grad_accum_steps=1 also fits."""
+  c.data.batch_size = 128
+  c.model.remat_policy = "full"  # keep only each layer's input; recompute the rest in the backward
+  c.model.loss_chunk_len = 128  # the 128k-152k vocabulary logits 128 positions at a time
+  c.optim.grad_accum_steps = 4  # 4 microbatches of 4 per device: attention scores are per microbatch
+  return c

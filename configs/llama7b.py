@@ -6,8 +6,7 @@ from configs import base
 
 
 def get_config():
-  c = base.get_config()
-  c.model.remat_policy = "save_dots"
+  c = base.paper_scale(base.get_config())
   arch = c.model.arch
   arch.vocab_size = 32000
   arch.hidden_size = 4096

@@ -5,8 +5,7 @@ from configs import base
 
 
 def get_config():
-  c = base.get_config()
-  c.model.remat_policy = "save_dots"
+  c = base.paper_scale(base.get_config())
   arch = c.model.arch
   arch.model_type = "mistral"
   arch.vocab_size = 32768
@@ -17,5 +16,4 @@ def get_config():
   arch.num_kv_heads = 8
   arch.rope_theta = 1000000.0
   c.data.chat_template = "mistral"
-  c.data.batch_size = 128
   return c

@@ -5,8 +5,7 @@ from configs import base
 
 
 def get_config():
-  c = base.get_config()
-  c.model.remat_policy = "save_dots"
+  c = base.paper_scale(base.get_config())
   arch = c.model.arch
   arch.model_type = "qwen2"
   arch.vocab_size = 152064
@@ -18,5 +17,4 @@ def get_config():
   arch.rope_theta = 1000000.0
   arch.rms_norm_eps = 1e-6
   c.data.chat_template = "qwen"
-  c.data.batch_size = 128
   return c

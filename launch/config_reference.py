@@ -12,7 +12,9 @@ ASSIGN = re.compile(r"^\s*c\.([\w.]+) = (.+?)(?:\s+#\s*(.*))?$")
 def rows() -> list[tuple[str, str, str]]:
   """(key, default, meaning) for every leaf key; comment lines above a key join its meaning."""
   out, pending = [], []
-  for line in BASE.read_text().splitlines():
+  source = BASE.read_text()
+  defaults = source[source.index("def get_config"):source.index("\n  return c\n")]  # not paper_scale's
+  for line in defaults.splitlines():
     stripped = line.strip()
     if stripped.startswith("#"):
       pending.append(stripped.lstrip("# ").strip())
