@@ -61,8 +61,9 @@ def main(argv):
               "for Llama-3.1-8B on 8 devices, within 4% of TPU XLA's peak)")
     hbm, peak = int(FLAGS.hbm_gib * aot.GIB), FLAGS.peak_tflops * 1e12
   print(f"{target}\nmesh data={config.mesh.data} fsdp={config.mesh.fsdp} tensor={config.mesh.tensor}; "
-        f"global batch {config.data.batch_size}, cutoff {config.data.cutoff_len}, remat {config.model.remat_policy}, "
-        f"loss_chunk_len {config.model.loss_chunk_len}", flush=True)
+        f"global batch {config.data.batch_size} in {config.optim.grad_accum_steps} microbatch(es), cutoff "
+        f"{config.data.cutoff_len}, remat {config.model.remat_policy}, loss_chunk_len {config.model.loss_chunk_len}",
+        flush=True)
   reports = aot.check(config, devices, FLAGS.buckets, tuple(FLAGS.programs))
   print(aot.table(reports, hbm_bytes=hbm, peak_flops=peak, mfu=FLAGS.mfu))
   print(f"{len(reports)} programs compiled in {sum(r.compile_seconds for r in reports):.0f} s")
