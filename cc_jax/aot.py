@@ -159,12 +159,15 @@ def train_programs(config: ConfigDict, model: Llama, mesh, rules, buckets: str) 
     cfg = step_config(method_config)
     state, shardings = train.abstract_train_state(model=model, tx=tx, cfg=cfg, mesh=mesh, rules=rules)
     step = train.jit_train_step(model, tx, schedule, cfg, mesh, shardings)
-    for T, T_en in bucket_pairs(config.data, buckets):
+    pairs = bucket_pairs(config.data, buckets)
+    if method == "sft":  # no English pass: one program per length
+      pairs = sorted({(T, max(T_en for _, T_en in pairs)) for T, _ in pairs})
+    for T, T_en in pairs:
       B = config.data.batch_size
       with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        lowered = step.lower(state, train_batch(B, T, T_en), key)
+        lowered = step.lower(state, train.step_inputs(train_batch(B, T, T_en), method), key)
       flops = train_flops(model.cfg, method, B, T, T_en, english_grad=not config.cc.stop_english_grad)
-      yield f"train {method} T={T} T_en={T_en}", lowered, flops
+      yield f"train {method} T={T}" + (f" T_en={T_en}" if method == "cc" else ""), lowered, flops
 
 
 def inference_programs(config: ConfigDict, model: Llama, mesh, rules) -> Iterator[tuple]:

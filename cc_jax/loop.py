@@ -148,7 +148,9 @@ def train_loop(config: ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any
           "config": json.loads(config.to_json())}, indent=2))
 
   step_fn = train.make_train_step(model, tx, schedule, cfg, mesh, rules, shardings)
-  logging.info("compiling the train step: the first step takes longer")
+  logging.info("compiling the train step: the first step takes longer (up to %d programs, one per bucket%s)",
+               train.program_count(cfg.method, batch_options.buckets, batch_options.en_buckets),
+               " pair" if cfg.method == "cc" else "")
   batch_sharding = sh.batch_sharding(mesh)
   watcher = checkpoint.install_sigterm_handler()
   log = MetricsLog(workdir, config, total_steps, int(state.step))
@@ -156,7 +158,7 @@ def train_loop(config: ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any
   try:
     pending = None
     for step in range(int(state.step), total_steps):
-      batch = batching.make_global_batch(next(iterator), batch_sharding)
+      batch = batching.make_global_batch(train.step_inputs(next(iterator), cfg.method), batch_sharding)
       state, metrics = step_fn(state, batch, rng)
       if pending is not None:  # read step t-1's metrics only after dispatching step t
         last = _check_and_log(log, ckpt, *pending)

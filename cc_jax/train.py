@@ -46,6 +46,20 @@ class StepConfig:
       raise ValueError(f"cc.method={self.method!r}; expected one of {METHODS}")
 
 
+ENGLISH_KEYS = ("en_input_ids", "en_attention_mask", "en_positions", "en_anchor")
+
+
+def step_inputs(batch: Mapping, method: str) -> dict:
+  """The batch fields a step reads. sft has no English pass; its English fields left in would
+  make every English bucket a program of its own (up to 25 instead of 5 at cutoff 1024)."""
+  return dict(batch) if method == "cc" else {k: v for k, v in batch.items() if k not in ENGLISH_KEYS}
+
+
+def program_count(method: str, buckets, en_buckets) -> int:
+  """Distinct train-step programs a run can compile: one per (length, English length) bucket pair."""
+  return len(buckets) * (len(en_buckets) if method == "cc" else 1)
+
+
 def model_params(params: Mapping) -> dict:
   """The decoder's parameters (everything but the Decision Maker)."""
   return {k: v for k, v in params.items() if k != connection.PARAM_NAME}

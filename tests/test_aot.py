@@ -33,7 +33,7 @@ def per_device_bytes(tree) -> int:
 def test_cpu_estimate_reports_every_program_and_what_does_not_fit():
   config = tiny.get_config()
   reports = aot.check(config, jax.devices())
-  assert [r.name for r in reports] == ["train cc T=128 T_en=128", "train sft T=128 T_en=128",
+  assert [r.name for r in reports] == ["train cc T=128 T_en=128", "train sft T=128",
                                        "matrix capture B=16 T=128", "eval cc generate B=16 T=128+40"]
   # The train step's arguments are the sharded state (params and both Adam moments) and the batch.
   mesh = sh.make_mesh({"fsdp": -1})
