@@ -126,11 +126,12 @@ class TrainedModel:
 
 def abstract_params(model: Llama, method: str, rules_config: dict, mesh):
   """The abstract params of `model` (+ the Decision Maker for cc) with their shardings on `mesh`."""
-  cfg = model.cfg
   import flax.linen as nn
   import jax.numpy as jnp
 
   from cc_jax import connection
+
+  cfg = model.cfg
 
   rules = sh.rules_from_config(rules_config)
 
