@@ -15,10 +15,38 @@ import tqdm
 HELP_FLAGS = ("-h", "-?", "--help", "--helpshort", "--helpfull", "--helpxml")
 
 
+def _config_file(argv: list[str]) -> str | None:
+  for arg in argv:
+    if arg.startswith("--config="):
+      return arg.split("=", 1)[1].split(":", 1)[0]
+  return None
+
+
+def check_overrides(argv: list[str]) -> None:
+  """Exits 2 naming each `--config.KEY` the config file lacks, with the nearest known keys,
+  before absl's flag parsing reports only `AttributeError: 'KEY'`."""
+  import importlib.util
+  import pathlib
+
+  from cc_jax import validate
+
+  path = _config_file(argv)
+  if not path or not pathlib.Path(path).is_file():
+    return  # config_flags reports a missing file itself
+  spec = importlib.util.spec_from_file_location("_cc_jax_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  messages = validate.unknown_overrides(argv, module.get_config())
+  if messages:
+    sys.stderr.write(f"{path}: " + f"\n{path}: ".join(messages) + "\n")
+    sys.exit(2)
+
+
 def run(main: Callable[[list[str]], None]) -> None:
-  """`absl.app.run(main)` with `setup()` before `main`, and `--help` exiting 0 (absl exits 1
-  after printing the usage)."""
+  """`absl.app.run(main)` with `setup()` before `main`, misspelt `--config.` keys named with
+  their nearest known keys, and `--help` exiting 0 (absl exits 1 after printing the usage)."""
   wants_help = any(arg.split("=")[0] in HELP_FLAGS for arg in sys.argv[1:])
+  check_overrides(sys.argv[1:])
 
   def main_with_setup(argv):
     setup()

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from cc_jax import batching, checkpoint, console, data, optim, runtime, sharding as sh, train
+from cc_jax import batching, checkpoint, console, data, optim, runtime, sharding as sh, train, validate
 from cc_jax.connection import ConnectionConfig
 from cc_jax.model import Llama
 
@@ -116,6 +116,7 @@ def train_loop(config: ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any
   logging.info("%d examples, %d steps/epoch, %d steps", len(examples), iterator.steps_per_epoch, total_steps)
 
   cfg = step_config(config)
+  validate.check_inject_layer(config.cc.inject_layer, model_cfg.num_layers)
   model = Llama(model_cfg, inject_layer=config.cc.inject_layer)
   tx, schedule = optim.make_optimizer(optim.OptimConfig.from_config(config.optim), total_steps)
   ckpt = checkpoint.Checkpointer(checkpoint.CheckpointConfig(

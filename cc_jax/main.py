@@ -9,7 +9,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cc_jax import compile_cache, console, xla_flags
+from cc_jax import compile_cache, console, validate, xla_flags
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
@@ -101,6 +101,10 @@ def main(argv):
   print(console.run_header(config, workdir), file=sys.stderr if config.task == "generate" else sys.stdout, flush=True)
   if FLAGS.print_config:
     print(config, flush=True)
+  try:  # before any work: a run that would do nothing, or fail later, stops here
+    validate.check(config)
+  except ValueError as error:
+    sys.exit(str(error))  # the message alone (exit status 1), not the flags help
   compile_cache.enable(config.compilation_cache_dir)
   try:
     run_task(config, workdir)

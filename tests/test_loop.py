@@ -198,5 +198,14 @@ def test_a_second_start_loads_every_program_from_the_compilation_cache(tmp_path)
 def test_unknown_config_key_is_an_error(tmp_path):
   done = subprocess.run(_main(tmp_path, "--config.optim.learnin_rate=1e-3"), cwd=REPO, capture_output=True,
                         text=True, timeout=120)
+  assert done.returncode == 2
+  assert "--config.optim.learnin_rate: no such key; did you mean optim.learning_rate" in done.stderr
+
+
+def test_a_run_that_would_train_nothing_stops_before_any_work(tmp_path):
+  """Was: exit 0, "completed at step 0", and a checkpoint of an untrained model (issue 16)."""
+  done = subprocess.run(_main(tmp_path / "run", "--config.optim.max_steps=-3"), cwd=REPO, capture_output=True,
+                        text=True, timeout=120)
   assert done.returncode != 0
-  assert "learnin_rate" in done.stderr
+  assert "optim.max_steps=-3: must be > 0, or 0 to train data.num_epochs epochs" in done.stderr
+  assert not (tmp_path / "run").exists()
