@@ -33,6 +33,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from cc_jax import console
+from cc_jax.files import plain_file_mode
 from cc_jax.model import LlamaConfig, RopeScaling
 
 FORMAT_VERSION = 1
@@ -169,11 +170,15 @@ class TensorSource:
 
   def _open(self, path: pathlib.Path):
     if path not in self._handles:
-      if path.suffix == ".safetensors":
-        self._handles[path] = self._stack.enter_context(safe_open(str(path), framework="numpy"))
-      else:
-        import torch  # only for explicitly allowed pickles; weights_only refuses code objects
-        self._handles[path] = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+      try:
+        if path.suffix == ".safetensors":
+          self._handles[path] = self._stack.enter_context(safe_open(str(path), framework="numpy"))
+        else:
+          import torch  # only for explicitly allowed pickles; weights_only refuses code objects
+          self._handles[path] = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+      except Exception as error:  # SafetensorError, OSError, pickle errors: say which file
+        raise ConversionError(f"{path}: cannot be read as weights ({type(error).__name__}: {error}); "
+                              "it may be truncated or damaged: download it again") from error
     return self._handles[path]
 
   def _names_in(self, path: pathlib.Path) -> list[str]:
@@ -501,7 +506,9 @@ def _write_safetensors(out: pathlib.Path, tensors: Iterator[tuple[str, np.ndarra
 
   def flush():
     if current:
-      save_file(current, str(out / f"shard-{len(shards)}.tmp"), metadata={"format": "pt"})
+      path = out / f"shard-{len(shards)}.tmp"
+      save_file(current, str(path), metadata={"format": "pt"})
+      os.chmod(path, plain_file_mode())  # safetensors creates it 0o600, unlike the other files
       shards.append(list(current))
       current.clear()
 

@@ -67,6 +67,8 @@ class SourceOptions:
     data_dir: TFDS data_dir holding prepared datasets.
     columns: field names.
     skip_bad_records: skip (and log) bad records instead of raising BadRecordError.
+    require_english: the English field must be present (cc); sft runs never read it, and a
+      record without one stands in its own prompt.
   """
   format: str = "auto"
   split: str = "train"
@@ -75,14 +77,15 @@ class SourceOptions:
   data_dir: str | None = None
   columns: Columns = Columns()
   skip_bad_records: bool = False
+  require_english: bool = True
 
   @classmethod
-  def from_config(cls, cfg: Any) -> "SourceOptions":
-    """Builds options from `config.data`; empty strings stand for None."""
+  def from_config(cls, cfg: Any, method: str = "cc") -> "SourceOptions":
+    """Builds options from `config.data` (and `config.cc.method`); empty strings stand for None."""
     cols = cfg.columns
     return cls(format=cfg.format, split=cfg.split, subset=cfg.subset or None,
                entry=cfg.entry or None, data_dir=cfg.tfds_data_dir or None,
-               skip_bad_records=cfg.skip_bad_records,
+               skip_bad_records=cfg.skip_bad_records, require_english=method == "cc",
                columns=Columns(prompt=cols.prompt, prompt_en=cols.prompt_en, response=cols.response,
                                query=cols.query or None, lang=cols.lang or None,
                                system=cols.system or None))
@@ -284,16 +287,17 @@ def _text(raw: Mapping[str, Any], key: str | None, where: str, required: bool) -
   return str(value)
 
 
-def _to_record(raw: Any, where: str, columns: Columns) -> Record:
+def _to_record(raw: Any, where: str, columns: Columns, require_english: bool = True) -> Record:
   if isinstance(raw, BadRecordError):
     raise raw
   if not isinstance(raw, Mapping):
     raise BadRecordError(f"{where}: expected an object, got a {type(raw).__name__}")
   prompt = _text(raw, columns.prompt, where, required=True)
   query = _text(raw, columns.query, where, required=False)
+  prompt = f"{prompt}\n{query}" if query else prompt
   return Record(
-      prompt=f"{prompt}\n{query}" if query else prompt,
-      prompt_en=_text(raw, columns.prompt_en, where, required=True),
+      prompt=prompt,
+      prompt_en=_text(raw, columns.prompt_en, where, required=require_english) or prompt,
       # An empty response would train on the end token alone; treated as bad data.
       response=_text(raw, columns.response, where, required=True),
       lang=_text(raw, columns.lang, where, required=False),
@@ -335,7 +339,7 @@ def load_records(source: str, options: SourceOptions = SourceOptions(), *,
   records, bad = [], []
   for where, raw in rows:
     try:
-      records.append(_to_record(raw, where, columns))
+      records.append(_to_record(raw, where, columns, options.require_english))
     except BadRecordError as e:
       if not options.skip_bad_records:
         raise

@@ -12,6 +12,11 @@ def _current_umask() -> int:
   return umask
 
 
+def plain_file_mode() -> int:
+  """The permissions `open(path, "w")` gives a new file: 0o666 less the umask."""
+  return 0o666 & ~_current_umask()
+
+
 def write_atomic(path: pathlib.Path, data: bytes) -> None:
   """Writes `data` to a temporary file beside `path`, then renames it into place.
 
@@ -25,7 +30,7 @@ def write_atomic(path: pathlib.Path, data: bytes) -> None:
     with os.fdopen(fd, "wb") as f:
       f.write(data)
       f.flush()
-      os.fchmod(f.fileno(), 0o666 & ~_current_umask())
+      os.fchmod(f.fileno(), plain_file_mode())
       os.fsync(f.fileno())
     os.replace(tmp, path)
   except BaseException:

@@ -43,7 +43,7 @@ def load_examples(config: ConfigDict, tokenizer) -> list[data.Example]:
   if not config.data.source:
     raise ValueError("config.data.source is empty: name a JSON/JSONL/Parquet file, a dataset_info.json, "
                      "a datasets name or a TFDS dataset")
-  records = data.load_records(config.data.source, data.SourceOptions.from_config(config.data))
+  records = data.load_records(config.data.source, data.SourceOptions.from_config(config.data, config.cc.method))
   return data.tokenize_records(records, tokenizer, data.TokenizeOptions.from_config(config.data, config.cc.anchor))
 
 

@@ -16,6 +16,7 @@ import json
 import pathlib
 from typing import Sequence
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -136,6 +137,19 @@ def solve(source_NLD: np.ndarray, target_NLD: np.ndarray, options: SolveOptions 
   return np.asarray(fit(source_NLD.reshape(n * num_layers, d), target_NLD.reshape(n * num_layers, d)))
 
 
+def underdetermined(num_pairs: int, num_layers: int, width: int, options: SolveOptions) -> str | None:
+  """A warning when the least-squares system has fewer rows than unknowns per output column:
+  the matrix then reproduces its own pairs exactly (R^2 = 1 says nothing) and generalises
+  poorly. None when the fit is determined, or regularised by a ridge."""
+  rows = num_pairs if options.per_layer else num_pairs * num_layers
+  if rows >= width or options.ridge > 0:
+    return None
+  needed = width if options.per_layer else -(-width // num_layers)
+  return (f"the Transform Matrix is underdetermined: {rows} rows ({num_pairs} pairs"
+          f"{'' if options.per_layer else f' x {num_layers} layers'}) for a {width} x {width} matrix, so its fit "
+          f"statistics say nothing; use matrix.num_samples >= {needed} or matrix.ridge > 0")
+
+
 def apply_matrix(source_LBD: jax.Array, matrix: jax.Array) -> jax.Array:
   """E_hat = S X, per layer when the matrix is (L, D, D)."""
   s = source_LBD.astype(jnp.float32)
@@ -227,8 +241,11 @@ def fit_for_run(workdir, *, num_samples: int = 1000, seed: int = 0, batch_size: 
                                      anchors[1])
   matrix = solve(source_NLD, target_NLD, options)
   stats = fit_statistics(source_NLD, target_NLD, matrix)
+  warning = underdetermined(len(picked), source_NLD.shape[1], source_NLD.shape[2], options)
+  if warning:
+    logging.warning("%s", warning)
   meta = {"checkpoint": trained.checkpoint, "num_samples": len(picked), "seed": seed, "data": source,
-          "options": dataclasses.asdict(options), **stats}
+          "options": dataclasses.asdict(options), "underdetermined": bool(warning), **stats}
   if jax.process_index() == 0:  # every process solved the same system; one writes
     save(pathlib.Path(workdir) / "matrix", matrix, meta)
   return meta

@@ -2,6 +2,7 @@
 
 import json
 import pathlib
+import stat
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ import transformers
 from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
-from cc_jax import convert, generate, model as M
+from cc_jax import convert, files, generate, model as M
 from tests import hf_reference as ref
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -42,6 +43,8 @@ def test_round_trip_is_bit_identical(tmp_path, family, dtype):
   cc_dir = convert.hf_to_cc_jax(hf_dir, tmp_path / "cc_jax")
   out = convert.cc_jax_to_hf(cc_dir, tmp_path / "back", shard_bytes=50_000)
   assert (out / "model.safetensors.index.json").exists()
+  modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in out.rglob("*") if f.is_file()}
+  assert set(modes.values()) == {files.plain_file_mode()}, modes  # shards too, not safetensors' 0o600
 
   original, exported = read_all_tensors(hf_dir), read_all_tensors(out)
   assert sorted(exported) == sorted(original)
@@ -93,6 +96,15 @@ def test_missing_tensor_is_named(tmp_path):
   del tensors["model.layers.1.mlp.up_proj.weight"]
   save_file(tensors, hf_dir / "model.safetensors")
   with pytest.raises(convert.ConversionError, match=r"missing tensors \['model.layers.1.mlp.up_proj.weight'\]"):
+    convert.hf_to_cc_jax(hf_dir, tmp_path / "out")
+  assert_no_output(tmp_path / "out")
+
+
+def test_truncated_safetensors_file_is_named(tmp_path):
+  hf_dir = _hf_dir(tmp_path)
+  weights = hf_dir / "model.safetensors"
+  weights.write_bytes(weights.read_bytes()[:-1000])  # an interrupted download
+  with pytest.raises(convert.ConversionError, match=f"{weights}: cannot be read as weights .*truncated"):
     convert.hf_to_cc_jax(hf_dir, tmp_path / "out")
   assert_no_output(tmp_path / "out")
 

@@ -205,6 +205,16 @@ def test_query_is_appended_like_llama_factory(tmp_path):
   assert records[1].prompt == RECORDS[1]["instruction"]
 
 
+def test_sft_reads_records_without_the_english_field_that_cc_needs(tmp_path):
+  """sft never runs the English pass: a record without instruction_en stands in its own
+  prompt; cc still names the file and line of the record that lacks it."""
+  path = _write_jsonl(tmp_path / "no_en.jsonl", [RECORDS[1], {"instruction": "Bonjour ?", "output": "Salut."}])
+  records = data.load_records(str(path), data.SourceOptions(require_english=False))
+  assert [r.prompt_en for r in records] == [RECORDS[1]["instruction_en"], "Bonjour ?"]
+  with pytest.raises(data.BadRecordError, match=f"{path}:line 2: missing field 'instruction_en'"):
+    data.load_records(str(path))
+
+
 GOOD = RECORDS[0]
 # (raw JSONL line, expected message fragment) for each kind of bad record.
 BAD_LINES = {

@@ -101,3 +101,18 @@ def test_collection_captures_at_each_prompts_anchor():
     np.testing.assert_allclose(got[row], np.asarray(out.captured_LBD)[:, 0], rtol=1e-5, atol=1e-5)
   last = transform.collect_activations(model, params, prompts, pad_id=0, batch_size=2, buckets=(8, 16))
   assert not np.allclose(last, got)  # None: the last token, which is not these anchors
+
+
+def test_an_underdetermined_fit_is_flagged():
+  """Fewer rows than the width: lstsq reproduces its own pairs (R^2 1.0 on them) and the
+  statistics say nothing; the fit says so, unless a ridge regularises it."""
+  rng = np.random.default_rng(0)
+  source, target = rng.normal(size=(2, 3, 2, 16)).astype(np.float32)  # 3 pairs x 2 layers = 6 rows < 16
+  stats = transform.fit_statistics(source, target, transform.solve(source, target))
+  assert stats["r2"] > 0.999  # the meaningless perfect fit
+  shared = transform.underdetermined(3, 2, 16, transform.SolveOptions())
+  assert shared == ("the Transform Matrix is underdetermined: 6 rows (3 pairs x 2 layers) for a 16 x 16 matrix, so "
+                    "its fit statistics say nothing; use matrix.num_samples >= 8 or matrix.ridge > 0")
+  assert "3 rows (3 pairs) for a 16 x 16" in transform.underdetermined(3, 2, 16, transform.SolveOptions(per_layer=True))
+  assert transform.underdetermined(3, 2, 16, transform.SolveOptions(ridge=0.1)) is None
+  assert transform.underdetermined(8, 2, 16, transform.SolveOptions()) is None
