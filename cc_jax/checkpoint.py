@@ -2,18 +2,23 @@
 
 Saves the train state (any pytree of arrays) plus a JSON dict (data position, run config,
 metrics) every N steps, asynchronously, keeping the last K; refuses to save non-finite
-state; restores straight into target shardings; and turns SIGTERM into a flag the loop polls.
+state; restores straight into target shardings, falling back from a damaged latest checkpoint
+to the newest readable one; reports a save as saved only once Orbax has finalized it, and a
+failed save as an error naming the step, the path and the OS error; and turns SIGTERM into a
+flag the loop polls.
 
 Typical loop::
 
   watcher = checkpoint.install_sigterm_handler()
   ckpt = checkpoint.Checkpointer(checkpoint.CheckpointConfig(f"{workdir}/checkpoints"))
-  restored = ckpt.restore(abstract_state)  # None on a fresh run
+  restored = ckpt.restore_newest_readable(abstract_state)  # None on a fresh run
   for step in range(start, total):
     state, metrics = train_step(state, batch, rng)
     ckpt.save(step + 1, state, {"data": it.state()}, metrics=metrics)
+    ckpt.poll()  # raises CheckpointSaveError once a background save has failed
     if watcher.preemption_requested(step + 1):
       ckpt.save(step + 1, state, {"data": it.state()}, metrics=metrics, force=True)
+      ckpt.wait()  # only now is the step on disk
       break
   ckpt.close()
   watcher.uninstall()
@@ -37,15 +42,27 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from cc_jax import errors
+
 PyTree = Any
 
 # Item names inside each step directory: <step>/state (arrays), <step>/extra (JSON).
 _STATE = "state"
 _EXTRA = "extra"
+# Unreadable checkpoints are moved from <directory>/<step> to <directory>.damaged/<step>.
+DAMAGED_SUFFIX = ".damaged"
 
 
 class NonFiniteCheckpointError(ValueError):
   """Raised instead of saving a checkpoint that holds (or was reached through) NaN/Inf."""
+
+
+class CheckpointSaveError(errors.RunStopped):
+  """A save did not complete (disk full, permission, ...); the previous checkpoints are intact."""
+
+
+class DamagedCheckpointError(errors.RunStopped):
+  """A checkpoint on disk cannot be read back."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +128,23 @@ def _non_finite_leaves(state: PyTree) -> list[str]:
   return bad
 
 
+# Orbax's messages for a restore target that does not match the files: not damage.
+_STRUCTURE_ERRORS = ("not compatible with the stored shape", "tree structures do not match")
+
+
+def _is_structure_error(error: BaseException) -> bool:
+  return any(text in str(error) for text in _STRUCTURE_ERRORS)
+
+
+def _first_line(error: BaseException) -> str:
+  """The root cause's first line, without TensorStore's spec dump (Orbax wraps a read error,
+  e.g. 'OUT_OF_RANGE: Error reading "w/0.0" ...', in a message of several kilobytes)."""
+  while (error.__cause__ or error.__context__) is not None:
+    error = error.__cause__ or error.__context__
+  text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+  return text.split(" [tensorstore_spec")[0][:400]
+
+
 def _to_json_scalars(metrics: Mapping[str, Any]) -> dict[str, Any]:
   """Converts device/numpy scalars to Python numbers so they can go into step metadata."""
   out = {}
@@ -156,6 +190,7 @@ class Checkpointer:
         create=True,
     )
     self._manager = ocp.CheckpointManager(directory, options=options)
+    self._in_flight: int | None = None  # step of an async save not yet known to be complete
 
   @property
   def manager(self) -> ocp.CheckpointManager:
@@ -214,6 +249,7 @@ class Checkpointer:
       TypeError: `extra` is not JSON-serializable.
     """
     extra = dict(extra or {})
+    self.wait()  # an earlier save that failed stops the run here, not after this one is "saved"
     if step in self._manager.all_steps():
       logging.info("Checkpoint for step %d already exists; not saving again.", step)
       return False
@@ -233,15 +269,43 @@ class Checkpointer:
     custom_metadata = {"metrics": _to_json_scalars(metrics)} if metrics else None
     # The schedule was checked above (once, since in multi-host runs it includes a
     # preemption sync point), so Orbax is told to save unconditionally.
-    return self._manager.save(
-        step,
-        args=ocp.args.Composite(**{
-            _STATE: ocp.args.StandardSave(state),
-            _EXTRA: ocp.args.JsonSave(extra),
-        }),
-        custom_metadata=custom_metadata,
-        force=True,
-    )
+    self._in_flight = step
+    try:
+      started = self._manager.save(
+          step,
+          args=ocp.args.Composite(**{
+              _STATE: ocp.args.StandardSave(state),
+              _EXTRA: ocp.args.JsonSave(extra),
+          }),
+          custom_metadata=custom_metadata,
+          force=True,
+      )
+    except Exception as error:  # the synchronous part (directories, host copies) failed
+      self._raise_save_error(error)
+    if not self.config.async_save:
+      self.wait()
+    return started
+
+  def poll(self) -> int | None:
+    """Returns the step of an async save that has just completed (once), else None.
+
+    Cheap enough for every train step: it asks only whether Orbax's background thread is
+    still running. Raises `CheckpointSaveError` if that save failed.
+    """
+    if self._in_flight is None or self._manager.is_saving_in_progress():
+      return None
+    return self.wait()
+
+  def _raise_save_error(self, error: Exception):
+    step, self._in_flight = self._in_flight, None
+    # Orbax forgets every step it knew after a failed save; the directory still has them.
+    self._manager.reload()
+    latest = self._manager.latest_step()
+    raise CheckpointSaveError(
+        f"checkpoint step {step} was NOT saved to {self.directory}: {error}\n"
+        f"The latest complete checkpoint is {f'step {latest}' if latest is not None else 'none'} "
+        f"({self.directory}), intact; free space or fix the cause, then rerun the same command to "
+        "resume from it.") from error
 
   def restore(
       self, abstract_state: PyTree, step: int | None = None
@@ -280,14 +344,62 @@ class Checkpointer:
     ]
     if missing:
       raise ValueError(f"abstract_state leaves without a sharding: {missing[:5]}.")
-    restored = self._manager.restore(
-        step,
-        args=ocp.args.Composite(**{
-            _STATE: ocp.args.StandardRestore(abstract_state),
-            _EXTRA: ocp.args.JsonRestore(),
-        }),
-    )
+    restored = self._read(step, ocp.args.Composite(**{
+        _STATE: ocp.args.StandardRestore(abstract_state),
+        _EXTRA: ocp.args.JsonRestore(),
+    }))
     return restored[_STATE], restored[_EXTRA]
+
+  def restore_newest_readable(self, abstract_state: PyTree) -> tuple[PyTree, dict[str, Any], int] | None:
+    """Restores the latest checkpoint, or, if it cannot be read, the newest one that can.
+
+    Each unreadable checkpoint is named with the reason. Once an older one has been restored
+    (so the failure was the files, not `abstract_state`), the unreadable newer ones are moved
+    to `<directory>.damaged/` for inspection (never deleted), so that training can save those
+    steps again. If none can be read, the latest one's error is raised and nothing is moved.
+
+    Returns:
+      `(state, extra, step)`, or None when the directory holds no complete checkpoint.
+    """
+    self.wait()
+    damaged = []
+    for step in reversed(self.all_steps()):
+      try:
+        state, extra = self.restore(abstract_state, step)
+      except DamagedCheckpointError as error:
+        logging.warning("%s; trying the previous checkpoint", error)
+        damaged.append((step, error))
+        continue
+      if damaged:
+        self._set_aside([s for s, _ in damaged])
+        logging.warning("restored step %d instead of the damaged latest (step %d); the damaged ones are in %s",
+                        step, damaged[0][0], self.directory + DAMAGED_SUFFIX)
+      return state, extra, step
+    if damaged:
+      raise damaged[0][1]
+    return None
+
+  def _set_aside(self, steps: list[int]) -> None:
+    if jax.process_index() == 0:
+      aside = self.directory + DAMAGED_SUFFIX
+      os.makedirs(aside, exist_ok=True)
+      for step in steps:
+        target = os.path.join(aside, str(step))
+        while os.path.exists(target):  # an earlier fallback set the same step aside
+          target += "+"
+        os.rename(os.path.join(self.directory, str(step)), target)
+    multihost_utils.sync_global_devices("cc_jax: damaged checkpoints set aside")
+    self._manager.reload()
+
+  def _read(self, step: int, args: ocp.args.Composite) -> Any:
+    """Orbax's restore, with a failure to read the files named by step and path."""
+    try:
+      return self._manager.restore(step, args=args)
+    except Exception as error:  # Orbax wraps TensorStore's errors in a bare Exception
+      if _is_structure_error(error):
+        raise
+      raise DamagedCheckpointError(
+          f"checkpoint step {step} in {self.directory} cannot be read: {_first_line(error)}") from error
 
   def restore_extra(self, step: int | None = None) -> dict[str, Any]:
     """The `extra` dict of checkpoint `step` (default: the latest), without reading the arrays."""
@@ -295,7 +407,7 @@ class Checkpointer:
     step = self._manager.latest_step() if step is None else step
     if step is None or step not in self._manager.all_steps():
       raise FileNotFoundError(f"No checkpoint{'' if step is None else f' for step {step}'} in {self.directory}.")
-    return self._manager.restore(step, args=ocp.args.Composite(**{_EXTRA: ocp.args.JsonRestore()}))[_EXTRA]
+    return self._read(step, ocp.args.Composite(**{_EXTRA: ocp.args.JsonRestore()}))[_EXTRA]
 
   def restore_params(self, abstract_params: PyTree, step: int | None = None) -> tuple[PyTree, int]:
     """Restores only `state.params` (no optimizer state), e.g. for inference.
@@ -313,18 +425,34 @@ class Checkpointer:
       raise FileNotFoundError(f"No checkpoint{'' if step is None else f' for step {step}'} in {self.directory}; "
                               f"have {self.all_steps()}.")
     item = {"params": abstract_params}
-    restored = self._manager.restore(step, args=ocp.args.Composite(**{
+    restored = self._read(step, ocp.args.Composite(**{
         _STATE: ocp.args.PyTreeRestore(item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
                                        partial_restore=True)}))
     return restored[_STATE]["params"], step
 
-  def wait(self) -> None:
-    """Blocks until an in-flight async save is finalized; re-raises its error if it failed."""
-    self._manager.wait_until_finished()
+  def wait(self) -> int | None:
+    """Blocks until an in-flight async save is finalized; returns its step (None if there was none).
+
+    Raises:
+      CheckpointSaveError: that save failed; it names the step, the directory, the OS error
+        and the latest complete checkpoint, which the failed save left intact.
+    """
+    try:
+      self._manager.wait_until_finished()
+    except Exception as error:
+      self._raise_save_error(error)
+    done, self._in_flight = self._in_flight, None
+    if done is not None:  # the only "saved" line: written once Orbax has renamed the step into place
+      logging.info("checkpoint step %d saved in %s", done, self.directory)
+    return done
 
   def close(self) -> None:
-    """Waits for pending saves and deletions, then releases Orbax's threads."""
-    self._manager.close()
+    """Waits for pending saves and deletions (raising if a save failed), then releases
+    Orbax's threads."""
+    try:
+      self.wait()
+    finally:
+      self._manager.close()
 
   def __enter__(self) -> "Checkpointer":
     return self

@@ -31,7 +31,8 @@ from absl import logging
 import jax
 import numpy as np
 
-from cc_jax import batching, benchmarks, choice, console, convert, data, generate, metrics, report, runtime, transform
+from cc_jax import (batching, benchmarks, choice, console, convert, data, generate, metrics, report, runtime, transform,
+                    workdir_lock)
 from cc_jax.benchmarks import EvalExample
 
 MODES = ("plain", "matrix", "identity", "oracle")
@@ -255,9 +256,10 @@ def evaluate_model(config, options: EvalOptions, out_dir, progress: bool = True)
 
 
 def _evaluate_and_write(trained, options, workdir, out_dir, progress) -> list[report.ScoredPrediction]:
-  records = evaluate_examples(trained, load_examples(options), options, workdir, progress)
-  if jax.process_index() == 0:  # every process generated the same predictions; one writes
-    report.write_report(out_dir, records)
+  with workdir_lock.hold(out_dir, "eval"):  # one writer per output directory
+    records = evaluate_examples(trained, load_examples(options), options, workdir, progress)
+    if jax.process_index() == 0:  # every process generated the same predictions; one writes
+      report.write_report(out_dir, records)
   return records
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pathlib
 import time
 from typing import Any
@@ -14,7 +15,8 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from cc_jax import batching, checkpoint, console, data, optim, runtime, sharding as sh, train, validate
+from cc_jax import (batching, checkpoint, console, data, optim, runtime, sharding as sh, train, validate,
+                    workdir_lock)
 from cc_jax.connection import ConnectionConfig
 from cc_jax.model import Llama
 
@@ -47,6 +49,22 @@ def load_examples(config: ConfigDict, tokenizer) -> list[data.Example]:
   return data.tokenize_records(records, tokenizer, data.TokenizeOptions.from_config(config.data, config.cc.anchor))
 
 
+def _forget_steps_after(path: pathlib.Path, step: int) -> None:
+  """Drops the records after `step` from a metrics.jsonl: an earlier attempt logged them after
+  the checkpoint this run resumes from, and this run logs those steps again."""
+  if not path.exists():
+    return
+  lines = path.read_text().splitlines()
+  kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+  if len(kept) == len(lines):
+    return
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text("".join(line + "\n" for line in kept))
+  os.replace(tmp, path)
+  logging.warning("%s: %d records after step %d removed; they were logged after the checkpoint this run "
+                  "resumes from, and are logged again as the steps rerun", path, len(lines) - len(kept), step)
+
+
 class MetricsLog:
   """Console (tqdm + absl), TensorBoard (process 0) and a JSON-lines file of metrics."""
 
@@ -57,7 +75,9 @@ class MetricsLog:
     self.jsonl = None
     if self.primary:
       from tensorboardX import SummaryWriter  # pure-Python event writer: no TensorFlow needed
-      self.writer = SummaryWriter(str(workdir / "tensorboard"))
+      _forget_steps_after(workdir / METRICS_FILE, start_step)
+      # purge_step: TensorBoard hides the earlier attempt's events from start_step + 1 on.
+      self.writer = SummaryWriter(str(workdir / "tensorboard"), purge_step=start_step + 1)
       self.jsonl = open(workdir / METRICS_FILE, "a")
     self.bar = console.bar(self.primary and config.log.progress_bar, total=total_steps, initial=start_step,
                            desc=config.cc.method, unit="step")
@@ -94,10 +114,15 @@ class MetricsLog:
 
 
 def train_loop(config: ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
-  """Trains (or resumes) in `workdir`. Returns a summary: final step, status, last metrics."""
+  """Trains (or resumes) in `workdir`, holding its lock. Returns a summary: final step, status,
+  last metrics."""
   runtime.maybe_initialize_distributed()
   workdir = pathlib.Path(workdir).absolute()
-  workdir.mkdir(parents=True, exist_ok=True)
+  with workdir_lock.hold(workdir, "train"):
+    return _train(config, workdir)
+
+
+def _train(config: ConfigDict, workdir: pathlib.Path) -> dict[str, Any]:
   mesh = runtime.make_mesh(config)
   rules = sh.rules_from_config(config.mesh.rules.to_dict())
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
@@ -125,18 +150,23 @@ def train_loop(config: ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any
   rng = jax.random.key(config.seed)
 
   latest = ckpt.latest_step()
+  if latest is not None:
+    validate.check_run(config, workdir, "resume", architecture=model_cfg.to_hf())
   if latest is not None and latest >= total_steps:  # finished: restore nothing, compile nothing
     ckpt.close()
     return {"step": latest, "status": "completed", "metrics": last_logged_metrics(workdir), "workdir": str(workdir),
             "steps_run": 0}
-  if latest is not None and ckpt.restore_extra(latest).get(PARAMS_ONLY):
+  if latest is not None and _params_only(ckpt, latest):
     ckpt.close()
     raise ValueError(f"{workdir}/checkpoints/{latest} holds parameters only (that run finished with "
                      f"ckpt.final_with_optimizer=False), so it cannot resume to {total_steps} steps; "
                      "train in a new workdir, starting from an export of this run (launch/convert.py --from=run)")
+  restored = None
   if latest is not None:
     target, shardings = train.abstract_train_state(model=model, tx=tx, cfg=cfg, mesh=mesh, rules=rules)
-    state, extra = ckpt.restore(target)
+    restored = ckpt.restore_newest_readable(target)
+  if restored is not None:
+    state, extra, _ = restored
     iterator.restore(extra["data"])
     logging.info("resumed from %s at step %d", ckpt.directory, int(state.step))
   else:
@@ -169,11 +199,13 @@ def train_loop(config: ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any
       if step + 1 < total_steps and ckpt.save(step + 1, state, extra, metrics=None):
         last = _check_and_log(log, ckpt, *pending)  # a save already waits on this step
         pending = None
+      ckpt.poll()  # a background save that failed stops the run here
       if watcher.preemption_requested(step + 1):
         if pending is not None:
           last = _check_and_log(log, ckpt, *pending)
           pending = None
         ckpt.save(step + 1, state, extra, force=True)
+        ckpt.wait()  # raises, rather than report a save that did not complete
         status = "preempted"
         logging.warning("SIGTERM: saved step %d; rerun the same command to resume", step + 1)
         break
@@ -192,6 +224,13 @@ def train_loop(config: ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any
     watcher.uninstall()
   return {"step": int(state.step), "status": status, "metrics": last, "workdir": str(workdir),
           "steps_run": int(state.step) - first_step}
+
+
+def _params_only(ckpt: checkpoint.Checkpointer, step: int) -> bool:
+  try:
+    return bool(ckpt.restore_extra(step).get(PARAMS_ONLY))
+  except checkpoint.DamagedCheckpointError:
+    return False  # restore_newest_readable says what is wrong with it and falls back
 
 
 def _check_and_log(log: MetricsLog, ckpt: checkpoint.Checkpointer, step: int, metrics) -> dict:

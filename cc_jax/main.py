@@ -9,7 +9,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cc_jax import compile_cache, console, validate, xla_flags
+from cc_jax import compile_cache, console, errors, validate, xla_flags
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
@@ -107,7 +107,13 @@ def main(argv):
     sys.exit(str(error))  # the message alone (exit status 1), not the flags help
   compile_cache.enable(config.compilation_cache_dir)
   try:
+    if config.task in ("matrix", "eval") and workdir:  # these read the run's own settings from run.json
+      overridden = config_flags.get_override_values(FLAGS["config"])
+      validate.check_run(config, workdir, config.task, keys=[k for k in overridden if k in validate.RUN_KEYS or
+                                                                  k.startswith("model.arch.")])
     run_task(config, workdir)
+  except errors.RunStopped as error:
+    sys.exit(f"{type(error).__name__}: {error}")  # says what and where; a traceback adds nothing
   finally:
     logging.info(compile_cache.summary())
 

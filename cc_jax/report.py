@@ -24,6 +24,8 @@ import pathlib
 import re
 from typing import Any, Iterable, Mapping, Sequence
 
+from absl import logging
+
 from cc_jax import benchmarks as bm, files
 
 # Method, benchmark and language names become path components: no separators, no dot files.
@@ -182,9 +184,18 @@ def read_predictions(out_dir: str | os.PathLike) -> list[ScoredPrediction]:
   """Every scored prediction under `out_dir/predictions`, e.g. to re-check the scores."""
   out = []
   for path in sorted((pathlib.Path(out_dir) / "predictions").glob("*/*/*.jsonl")):
-    for line in path.read_text(encoding="utf-8").splitlines():
-      if line.strip():
+    out += _read_prediction_file(path)
+  return out
+
+
+def _read_prediction_file(path: pathlib.Path) -> list[ScoredPrediction]:
+  out = []
+  for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    if line.strip():
+      try:
         out.append(ScoredPrediction.from_dict(json.loads(line)))
+      except (ValueError, TypeError, KeyError) as error:
+        raise ValueError(f"{path}:{number}: not a scored prediction ({error})") from error
   return out
 
 
@@ -349,11 +360,11 @@ def write_report(out_dir: str | os.PathLike,
                  primary_metrics: Mapping[str, str] | None = None,
                  methods: Sequence[str] | None = None, chart: bool = True) -> list[pathlib.Path]:
   """Writes predictions and results for `records`, then the table and chart of everything in
-  `out_dir` (layout: module docstring).
+  `out_dir` (layout: module docstring), and logs what it replaced and what it kept.
 
-  A (method, benchmark) in `records` replaces that method's earlier output for the benchmark,
-  including prediction files of languages it no longer has; other methods' and benchmarks'
-  files stay. Predictions are written before the results computed from them.
+  Results merge by (method, benchmark, language): a language in `records` replaces that
+  method's earlier predictions for it; the method's other languages stay and count in its
+  benchmark results again. Predictions are written before the results computed from them.
 
   Args:
     out_dir: output directory (created if missing).
@@ -375,17 +386,23 @@ def write_report(out_dir: str | os.PathLike,
   for r in records:
     groups[(r.method, r.benchmark, r.lang)].append(r)
   by_pair = collections.defaultdict(set)
-  for (method, benchmark, lang), group in sorted(groups.items()):
+  for method, benchmark, lang in groups:
     by_pair[(method, benchmark)].add(lang)
+  replaced, kept = [], []
+  for (method, benchmark), langs in sorted(by_pair.items()):
+    for earlier in sorted((root / "predictions" / method / benchmark).glob("*.jsonl")):
+      (replaced if earlier.stem in langs else kept).append(f"{method}/{benchmark}/{earlier.stem}")
+      if earlier.stem not in langs:
+        records += _read_prediction_file(earlier)
+  for (method, benchmark, lang), group in sorted(groups.items()):
     path = _inside(root, root / "predictions" / method / benchmark / f"{lang}.jsonl")
     text = "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n"
                    for r in sorted(group, key=lambda r: r.index))
     files.write_atomic(path, text.encode("utf-8"))
     written.append(path)
-  for (method, benchmark), langs in by_pair.items():
-    for stale in (root / "predictions" / method / benchmark).glob("*.jsonl"):
-      if stale.stem not in langs:
-        stale.unlink()
+  if replaced or kept:
+    logging.info("%s already held results: replaced %s; kept %s", root, ", ".join(replaced) or "none",
+                 ", ".join(kept) or "none")
   for result in summarize(records, primary_metrics):
     method, benchmark = result["method"], result["benchmark"]
     result = dict(result, predictions=f"predictions/{method}/{benchmark}")

@@ -215,37 +215,38 @@ def fit_for_run(workdir, *, num_samples: int = 1000, seed: int = 0, batch_size: 
   Returns:
     The metadata written beside the matrix.
   """
-  from cc_jax import console, data, runtime, train
+  from cc_jax import console, data, runtime, train, workdir_lock
 
-  trained = runtime.load_trained(workdir, step)
-  train_config, tokenizer = trained.train_config, trained.tokenizer
-  source = data_source or train_config.data.source
-  records = data.load_records(source, data.SourceOptions.from_config(train_config.data), shard_index=0,
-                              shard_count=1)
-  picked = [records[i] for i in sample_indices(len(records), num_samples, seed)]
-  fmt = data.chat_format(tokenizer, data.TokenizeOptions.from_config(train_config.data))
-  rule = fmt.anchor_rule(train_config.cc.get("anchor", "last_prompt_token"))
-  systems = [r.system for r in picked]
-  source_prompts = fmt.encode_ids([r.prompt for r in picked], systems)
-  target_prompts = fmt.encode_ids([r.prompt_en for r in picked], systems)
-  anchors = [None if rule is None else [rule.find(p, r.source) for p, r in zip(prompts, picked)]
-             for prompts in (source_prompts, target_prompts)]
-  longest = max(len(p) for p in source_prompts + target_prompts)
-  buckets = batching.prompt_buckets(longest)
-  params = train.model_params(trained.params)
-  pad = data.pad_token_id(tokenizer)
-  with console.bar(progress, total=2 * len(picked), desc="matrix: collect") as bar:
-    source_NLD = collect_activations(trained.model, params, source_prompts, pad, batch_size, buckets, bar,
-                                     anchors[0])
-    target_NLD = collect_activations(trained.model, params, target_prompts, pad, batch_size, buckets, bar,
-                                     anchors[1])
-  matrix = solve(source_NLD, target_NLD, options)
-  stats = fit_statistics(source_NLD, target_NLD, matrix)
-  warning = underdetermined(len(picked), source_NLD.shape[1], source_NLD.shape[2], options)
-  if warning:
-    logging.warning("%s", warning)
-  meta = {"checkpoint": trained.checkpoint, "num_samples": len(picked), "seed": seed, "data": source,
-          "options": dataclasses.asdict(options), "underdetermined": bool(warning), **stats}
-  if jax.process_index() == 0:  # every process solved the same system; one writes
-    save(pathlib.Path(workdir) / "matrix", matrix, meta)
-  return meta
+  with workdir_lock.hold(workdir, "matrix", create=False):  # one writer of <workdir>/matrix; none while it trains
+    trained = runtime.load_trained(workdir, step)
+    train_config, tokenizer = trained.train_config, trained.tokenizer
+    source = data_source or train_config.data.source
+    records = data.load_records(source, data.SourceOptions.from_config(train_config.data), shard_index=0,
+                                shard_count=1)
+    picked = [records[i] for i in sample_indices(len(records), num_samples, seed)]
+    fmt = data.chat_format(tokenizer, data.TokenizeOptions.from_config(train_config.data))
+    rule = fmt.anchor_rule(train_config.cc.get("anchor", "last_prompt_token"))
+    systems = [r.system for r in picked]
+    source_prompts = fmt.encode_ids([r.prompt for r in picked], systems)
+    target_prompts = fmt.encode_ids([r.prompt_en for r in picked], systems)
+    anchors = [None if rule is None else [rule.find(p, r.source) for p, r in zip(prompts, picked)]
+               for prompts in (source_prompts, target_prompts)]
+    longest = max(len(p) for p in source_prompts + target_prompts)
+    buckets = batching.prompt_buckets(longest)
+    params = train.model_params(trained.params)
+    pad = data.pad_token_id(tokenizer)
+    with console.bar(progress, total=2 * len(picked), desc="matrix: collect") as bar:
+      source_NLD = collect_activations(trained.model, params, source_prompts, pad, batch_size, buckets, bar,
+                                       anchors[0])
+      target_NLD = collect_activations(trained.model, params, target_prompts, pad, batch_size, buckets, bar,
+                                       anchors[1])
+    matrix = solve(source_NLD, target_NLD, options)
+    stats = fit_statistics(source_NLD, target_NLD, matrix)
+    warning = underdetermined(len(picked), source_NLD.shape[1], source_NLD.shape[2], options)
+    if warning:
+      logging.warning("%s", warning)
+    meta = {"checkpoint": trained.checkpoint, "num_samples": len(picked), "seed": seed, "data": source,
+            "options": dataclasses.asdict(options), "underdetermined": bool(warning), **stats}
+    if jax.process_index() == 0:  # every process solved the same system; one writes
+      save(pathlib.Path(workdir) / "matrix", matrix, meta)
+    return meta

@@ -1,14 +1,20 @@
 """Config checks made before any work: a value that would make a run empty, impossible or
 meaningless stops it at once, with the key, its value and the fix. Also the nearest known keys
-for a misspelt `--config.` override (ml_collections says only `AttributeError: 'key'`)."""
+for a misspelt `--config.` override (ml_collections says only `AttributeError: 'key'`), and the
+config against the run already in a workdir (architecture, method, tokenizer, template)."""
 
 from __future__ import annotations
 
 import difflib
+import json
 import math
+import os
+import pathlib
 from typing import Iterable
 
 from ml_collections import ConfigDict
+
+from cc_jax import errors
 
 TASKS_THAT_TRAIN = ("train", "pipeline", "demo")
 
@@ -85,3 +91,62 @@ def unknown_overrides(argv: list[str], config: ConfigDict) -> list[str]:
     messages.append(f"--config.{key}: no such key" + (f"; did you mean {', '.join(near)}?" if near else
                                                      "; `--print_config` lists every key"))
   return messages
+
+
+# What a run was trained with that a resume, its matrix and its evaluation must agree on.
+RUN_KEYS = ("model.path", "model.tokenizer", "cc.method", "cc.inject_layer", "cc.anchor", "data.chat_template",
+            "data.fallback_template", "optim.trainable")
+
+
+class RunMismatchError(errors.RunStopped):
+  """The config disagrees with the run in the workdir."""
+
+
+def _lookup(tree, dotted: str):
+  for part in dotted.split("."):
+    tree = tree[part]
+  return tree
+
+
+def _same(key: str, ours, theirs) -> bool:
+  if ours == theirs:
+    return True
+  paths = key in ("model.path", "model.tokenizer") and ours and theirs and "://" not in f"{ours}{theirs}"
+  return bool(paths) and os.path.exists(ours) and os.path.exists(theirs) and os.path.samefile(ours, theirs)
+
+
+def run_mismatches(config: ConfigDict, run: dict, keys: Iterable[str] = RUN_KEYS,
+                   architecture: dict | None = None) -> list[str]:
+  """Each way `config` disagrees with a workdir's run.json (`run`), as "key: run value vs ours".
+
+  Args:
+    keys: config keys to compare (a key either side lacks is skipped: an older run.json).
+    architecture: this config's model as `LlamaConfig.to_hf()`, compared with the run's (the
+      weights' real shapes, which `model.arch` may leave unchecked).
+  """
+  run_config, problems = run.get("config", {}), []
+  for key in keys:
+    try:
+      ours, theirs = _lookup(config, key), _lookup(run_config, key)
+    except KeyError:
+      continue
+    if not _same(key, ours, theirs):
+      problems.append(f"{key}: the run has {theirs!r}, this command {ours!r}")
+  for key, ours in (architecture or {}).items():
+    theirs = run.get("model", {}).get(key)
+    if key in run.get("model", {}) and ours != theirs:
+      problems.append(f"model {key}: the run's is {theirs!r}, this command's {ours!r}")
+  return problems
+
+
+def check_run(config: ConfigDict, workdir, task: str, keys: Iterable[str] = RUN_KEYS,
+              architecture: dict | None = None) -> None:
+  """Raises RunMismatchError naming every mismatch between `config` and `<workdir>/run.json`."""
+  run_file = pathlib.Path(workdir) / "run.json"
+  if not run_file.exists():
+    return
+  problems = run_mismatches(config, json.loads(run_file.read_text()), keys, architecture)
+  if problems:
+    raise RunMismatchError(
+        f"{task}: this command does not match the run in {workdir} ({run_file}):\n  " + "\n  ".join(problems) +
+        "\nUse the run's values (drop the overrides, or the preset it was trained with), or a new workdir.")

@@ -1,6 +1,7 @@
 """Report outputs: predictions, per-language means and macro averages, markdown table, chart."""
 
 import json
+import logging
 import os
 
 import pytest
@@ -108,19 +109,24 @@ def test_per_language_chart_is_readable_for_ten_languages_and_three_methods(tmp_
   assert width / 30 >= 25
 
 
-def test_later_runs_merge_and_replace(tmp_path):
+def test_later_runs_merge_by_language_and_say_what_they_kept(tmp_path, caplog):
   report.write_report(tmp_path, records(), chart=False)
   assert not (tmp_path / "results.png").exists()
-  # A new run of sft on XNLI with only "ar": replaces sft/XNLI, keeps cc's results.
-  report.write_report(tmp_path, [rec("sft", "XNLI", "ar", 0, {"accuracy": 1.0}),
-                                 rec("base", "XNLI", "ar", 0, {"accuracy": 0.0})])
-  assert not (tmp_path / "predictions/sft/XNLI/en.jsonl").exists()
+  en_before = (tmp_path / "predictions/sft/XNLI/en.jsonl").read_bytes()
+  # A new run of sft on XNLI with only "ar" replaces sft's "ar" and keeps its "en" (was: deleted,
+  # with exit 0 and no message; issue 16), and cc's results.
+  with caplog.at_level(logging.INFO):
+    report.write_report(tmp_path, [rec("sft", "XNLI", "ar", 0, {"accuracy": 1.0}),
+                                   rec("base", "XNLI", "ar", 0, {"accuracy": 0.0})])
+  assert (tmp_path / "predictions/sft/XNLI/en.jsonl").read_bytes() == en_before
   sft = json.loads((tmp_path / "results/sft/XNLI.json").read_text())
-  assert sft["macro_average"] == {"accuracy": 1.0} and list(sft["languages"]) == ["ar"]
+  assert list(sft["languages"]) == ["en", "ar"]
+  assert sft["languages"]["ar"]["scores"] == {"accuracy": 1.0} and sft["macro_average"] == {"accuracy": 0.75}
   md = (tmp_path / "results.md").read_text()
   assert "| lang | base | cc | sft |" in md  # default: alphabetical, all methods on disk
-  assert "| en | – | 100.00 | – |" in md and "| ar | 0.00 | 100.00 | 100.00 |" in md
+  assert "| en | – | 100.00 | 50.00 |" in md and "| ar | 0.00 | 100.00 | 100.00 |" in md
   assert (tmp_path / "results/cc/XLSum.json").exists()
+  assert "replaced sft/XNLI/ar; kept sft/XNLI/en" in caplog.text
 
 
 def test_primary_metric_override_and_fallback(tmp_path):
