@@ -1,6 +1,8 @@
-"""The README's config reference is the one generated from configs/base.py (no stale keys)."""
+"""The README's config reference is the one generated from configs/base.py (no stale keys), and
+the fault table of docs/faults.md names tests that exist."""
 
 import pathlib
+import re
 import runpy
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -13,3 +15,11 @@ def test_readme_config_reference_is_current():
       "README.md's config reference is stale: paste the output of `python launch/config_reference.py`")
   keys = [row[0] for row in reference["rows"]()]
   assert len(keys) == len(set(keys)) > 80
+
+
+def test_every_test_the_fault_table_names_exists():
+  table = (REPO / "docs" / "faults.md").read_text()
+  named = re.findall(r"`(tests/test_\w+\.py)::(test_\w+)`", table)
+  assert len(named) >= 30
+  for path, name in named:
+    assert re.search(rf"^def {name}\(", (REPO / path).read_text(), re.M), f"docs/faults.md names {path}::{name}"
