@@ -23,6 +23,7 @@ new tokens); then the middle of the content is cut and the prompt is counted in 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import pathlib
 from typing import Sequence
@@ -31,8 +32,8 @@ from absl import logging
 import jax
 import numpy as np
 
-from cc_jax import (batching, benchmarks, choice, console, convert, data, generate, metrics, report, runtime, transform,
-                    workdir_lock)
+from cc_jax import (batching, benchmarks, choice, console, convert, data, generate, metrics, report, runtime,
+                    sharding as sh, transform, workdir_lock)
 from cc_jax.benchmarks import EvalExample
 
 MODES = ("plain", "matrix", "identity", "oracle")
@@ -146,7 +147,12 @@ def _stop_ids(trained: runtime.TrainedModel, fmt, protocol: str) -> np.ndarray:
 
 class Generator:
   """Encodes prompts with the run's chat template and generates in fixed-shape batches, after
-  prefilling the prompts' shared opening once (`shared_prefix`)."""
+  prefilling the prompts' shared opening once (`shared_prefix`).
+
+  Every process runs the same batches; each batch's rows are split over the mesh's batch axes
+  (all devices of all processes), so a prompt is generated once, and every process gets all
+  the predictions back. `rows_generated` counts the prompts this process's devices generated.
+  """
 
   def __init__(self, trained: runtime.TrainedModel, options: EvalOptions, matrix=None):
     self.trained, self.options, self.matrix = trained, options, matrix
@@ -157,6 +163,13 @@ class Generator:
     self.eos = _stop_ids(trained, self.fmt, options.protocol)
     context = trained.model.cfg.max_position_embeddings
     self.max_prompt_len = options.max_prompt_len or max(context - options.max_new_tokens, 1)
+    self.mesh = sh.mesh_of(trained.params)
+    ways = sh.batch_devices(self.mesh)
+    self.batch_size = -(-options.batch_size // ways) * ways
+    if self.batch_size != options.batch_size:
+      logging.info("eval.batch_size=%d rounded up to %d: a multiple of the %d devices the batch is split over",
+                   options.batch_size, self.batch_size, ways)
+    self.rows_generated = 0
 
   def encode(self, prompts: Sequence[str]) -> list[EvalPrompt]:
     if self.options.protocol == "authors":  # the template as text, tokenized with special tokens
@@ -190,7 +203,8 @@ class Generator:
     """Predictions for `prompts`, in order. Batches are sorted by length (less padding);
     the last batch is filled with copies so every batch has the same shape."""
     order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i].ids), i))
-    size = self.options.batch_size
+    size = self.batch_size
+    mine = sh.local_rows(self.mesh, size)
     texts: list[str | None] = [None] * len(prompts)
     buckets = batching.prompt_buckets(max(len(p.ids) for p in prompts + (english or [])))
     prefix_ids = self.shared_prefix(prompts)
@@ -209,7 +223,8 @@ class Generator:
         en_tokens, en_mask = generate.left_pad([p.ids for p in en], self.pad_id, buckets)
         english_batch = (en_tokens, en_mask, _anchor_columns(en, en_tokens.shape[1]))
       new, lengths = self._generate(tokens, mask, mode, english_batch, prefix, batch)
-      new, lengths = np.asarray(new), np.asarray(lengths)
+      new, lengths = sh.to_host(new), sh.to_host(lengths)
+      self.rows_generated += sum(j < real for j in mine)
       for j in range(real):
         ids = new[j, :lengths[j]].tolist()
         if ids and ids[-1] in self.eos and self.options.protocol == "cc_jax":
@@ -221,12 +236,16 @@ class Generator:
 
   def _generate(self, tokens, mask, mode: str, english, prefix, batch: list[EvalPrompt]):
     trained, n = self.trained, self.options.max_new_tokens
+    rows = functools.partial(sh.rows_to_devices, self.mesh)
+    T = tokens.shape[1]
+    anchor_B = rows(_anchor_columns(batch, T))
+    tokens, mask = rows(tokens), rows(mask)
+    english = None if english is None else tuple(map(rows, english))
     if mode == "plain":
       return generate.generate(trained.model, trained.params, tokens, mask, self.eos, prefix=prefix, max_new_tokens=n)
     matrix = self.matrix if mode == "matrix" else None
-    T = tokens.shape[1]
     return generate.cc_generate(trained.model, trained.params, tokens, mask, self.eos, matrix, english,
-                                prefix=prefix, anchor_B=_anchor_columns(batch, T), max_new_tokens=n,
+                                prefix=prefix, anchor_B=anchor_B, max_new_tokens=n,
                                 recompute=generate.recompute_width([p.anchor_offset for p in batch], T))
 
   def _cut(self, text: str) -> str:
@@ -289,7 +308,7 @@ def evaluate_examples(trained: runtime.TrainedModel, examples: Sequence[EvalExam
                                hidden_size=cfg.hidden_size, checkpoint=trained.checkpoint)
   generator = Generator(trained, options, matrix)
   english = _english_prompts(examples)
-  records = []
+  records, generated = [], 0
   for bench in dict.fromkeys(e.benchmark for e in examples):
     items = [e for e in examples if e.benchmark == bench]
     prompts = generator.encode([e.prompt for e in items])
@@ -312,10 +331,13 @@ def evaluate_examples(trained: runtime.TrainedModel, examples: Sequence[EvalExam
         en_prompts = generator.encode([english[(bench, e.lang, e.index)] for e in run_items])
       with console.bar(progress, total=len(run_items), desc=f"{bench} [{label}]") as bar:
         predictions = generator.run(run_prompts, mode, en_prompts, bar)
+      generated += len(run_items)
       for example, prompt, prediction in zip(run_items, run_prompts, predictions):
         scores = score(example, prediction)
         if scores is None:
           continue
         records.append(report.ScoredPrediction(bench, example.lang, label, example.index, example.prompt,
                                                prediction, example.gold, scores, prompt_cut=prompt.cut))
+  logging.info("process %d of %d generated %d of the %d prompts", jax.process_index(), jax.process_count(),
+               generator.rows_generated, generated)
   return records

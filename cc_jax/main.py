@@ -9,7 +9,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cc_jax import compile_cache, console, errors, validate, xla_flags
+from cc_jax import compile_cache, console, errors, runtime, validate, xla_flags
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
@@ -50,8 +50,9 @@ def fit_matrix(config, workdir) -> None:
       workdir, num_samples=m.num_samples, seed=m.seed, batch_size=m.batch_size, step=m.step or None,
       options=transform.SolveOptions(ridge=m.ridge, per_layer=m.per_layer, streaming=m.streaming),
       data_source=m.data_source or None, progress=config.log.progress_bar)
-  print(f"Transform Matrix from {meta['num_samples']} pairs of {meta['checkpoint']}: "
-        f"MSE {meta['mse']:.4g}, R^2 {meta['r2']:.4f}; written to {workdir}/matrix")
+  if runtime.is_writer():
+    print(f"Transform Matrix from {meta['num_samples']} pairs of {meta['checkpoint']}: "
+          f"MSE {meta['mse']:.4g}, R^2 {meta['r2']:.4f}; written to {workdir}/matrix")
 
 
 def evaluate(config, workdir) -> None:
@@ -80,8 +81,9 @@ def evaluate(config, workdir) -> None:
   else:
     raise app.UsageError(f"task=eval: {workdir}/{loop.RUN_FILE} does not exist and config.model.path is empty; "
                          "name a training run (--workdir) or a model (--config.model.path)")
-  print(f"{len(records)} predictions scored; table in {out_dir / 'results.md'}, charts in {out_dir / 'results.png'} "
-        f"and {out_dir / report.BY_LANGUAGE_PNG}")
+  if runtime.is_writer():
+    print(f"{len(records)} predictions scored; table in {out_dir / 'results.md'}, charts in "
+          f"{out_dir / 'results.png'} and {out_dir / report.BY_LANGUAGE_PNG}")
 
 
 def main(argv):
@@ -106,6 +108,7 @@ def main(argv):
   except ValueError as error:
     sys.exit(str(error))  # the message alone (exit status 1), not the flags help
   compile_cache.enable(config.compilation_cache_dir)
+  runtime.maybe_initialize_distributed()  # every task: under srun or on a pod each process joins the job
   try:
     if config.task in ("matrix", "eval") and workdir:  # these read the run's own settings from run.json
       overridden = config_flags.get_override_values(FLAGS["config"])

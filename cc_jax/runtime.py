@@ -42,6 +42,11 @@ def maybe_initialize_distributed() -> None:
                jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count())
 
 
+def is_writer() -> bool:
+  """Whether this process writes (and announces) a task's results: process 0 of the job."""
+  return jax.process_index() == 0
+
+
 def make_mesh(config: ConfigDict) -> jax.sharding.Mesh:
   mesh = sh.make_mesh({"data": config.mesh.data, "fsdp": config.mesh.fsdp, "tensor": config.mesh.tensor})
   logging.info("mesh %s over %d devices", dict(mesh.shape), mesh.size)

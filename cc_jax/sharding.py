@@ -10,8 +10,9 @@ from typing import Any, Mapping
 from absl import logging
 import flax.linen as nn
 import jax
-from jax.experimental import mesh_utils
+from jax.experimental import mesh_utils, multihost_utils
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
+import numpy as np
 
 # Parameter axes.
 VOCAB = "vocab"
@@ -144,3 +145,47 @@ def logical_shardings(abstract_boxed: Any, mesh: jax.sharding.Mesh, rules) -> An
 def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
   """Sharding of (B, ...) batch arrays: rows over data x fsdp."""
   return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+
+
+# --- Inference batches over the mesh ------------------------------------------------------------
+# Evaluation and the matrix's capture pass run the same loop on every process, each holding the
+# whole host batch. The rows go to the devices split over the batch axes, so each prompt is
+# computed once across all processes; the results come back whole to every process.
+def mesh_of(tree: Any) -> jax.sharding.Mesh | None:
+  """The mesh the first NamedSharding-placed leaf of `tree` lives on; None for host arrays."""
+  for leaf in jax.tree.leaves(tree):
+    sharding = getattr(leaf, "sharding", None)
+    if isinstance(sharding, NamedSharding):
+      return sharding.mesh
+  return None
+
+
+def batch_devices(mesh: jax.sharding.Mesh | None) -> int:
+  """How many ways the batch axes split a batch: batch sizes are rounded up to a multiple."""
+  return 1 if mesh is None else math.prod(mesh.shape[a] for a in BATCH_AXES)
+
+
+def rows_to_devices(mesh: jax.sharding.Mesh | None, array) -> Any:
+  """A (B, ...) host array that every process holds whole, as a global array whose rows are
+  split over the batch axes (each process puts only its own rows on its devices)."""
+  if mesh is None:
+    return array
+  array = np.asarray(array)
+  return jax.make_array_from_callback(array.shape, batch_sharding(mesh), lambda index: array[index])
+
+
+def local_rows(mesh: jax.sharding.Mesh | None, batch: int) -> list[int]:
+  """The rows of a `rows_to_devices` batch of `batch` rows that this process's devices compute."""
+  if mesh is None:
+    return list(range(batch))
+  held = set()
+  for index in batch_sharding(mesh).addressable_devices_indices_map((batch,)).values():
+    held.update(range(*index[0].indices(batch)))
+  return sorted(held)
+
+
+def to_host(x) -> np.ndarray:
+  """The whole value of a (possibly multi-process) array, on every process."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)

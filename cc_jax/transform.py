@@ -2,9 +2,10 @@
 squares so that S X ~ T, report the fit, save and load it with its provenance.
 
 S and T hold every layer's MLP output at the anchor of a non-English prompt and of its English
-translation. The paper stacks all samples and layers as rows and fits one D x D matrix;
-options add ridge regularisation, one matrix per layer, and streaming normal equations
-(S^T S and S^T T accumulated in float32) so that N is not bounded by memory.
+translation. The paper stacks all samples and layers as rows and fits one D x D matrix with
+lstsq (`matrix.streaming=False`). By default cc_jax accumulates the normal equations S^T S
+and S^T T (float64) during collection instead, so memory is D x D whatever N, and measures
+the fit on a second pass; options add ridge regularisation and one matrix per layer.
 """
 
 from __future__ import annotations
@@ -14,14 +15,14 @@ import functools
 import io
 import json
 import pathlib
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cc_jax import batching, files
+from cc_jax import batching, files, sharding as sh
 from cc_jax.model import Llama, left_pad_positions
 
 MATRIX_FILE = "matrix.npy"
@@ -33,11 +34,12 @@ class SolveOptions:
   """Attributes:
     ridge: lambda of (S^T S + lambda I)^-1 S^T T; 0 is ordinary least squares.
     per_layer: one matrix per layer (L, D, D) instead of one shared (D, D).
-    streaming: solve from accumulated normal equations instead of the stacked rows.
+    streaming: accumulate the normal equations during collection (memory D x D); False
+      stacks every row and solves them with lstsq (the paper's; memory N x L x D per side).
   """
   ridge: float = 0.0
   per_layer: bool = False
-  streaming: bool = False
+  streaming: bool = True
 
 
 # --- Collection ---------------------------------------------------------------------------------
@@ -50,36 +52,55 @@ def capture_at_anchors(model: Llama, params, tokens_BT, mask_BT, anchor_B):
   return out.captured_LBD.astype(jnp.float32)
 
 
-def collect_activations(model: Llama, params, prompts: Sequence[Sequence[int]], pad_id: int,
-                        batch_size: int = 16, buckets: Sequence[int] = (64, 128, 256, 512, 1024, 2048),
-                        progress=None, anchors: Sequence[int] | None = None) -> np.ndarray:
+class Capture:
   """Every layer's MLP output at each prompt's anchor, without injection.
 
   Prompts are left-padded to a few bucket lengths so that only a handful of programs compile;
-  the last batch is padded with copies that are then dropped.
-
-  Args:
-    anchors: the anchor's index in each prompt; None: the last token (cc_jax's anchor).
-
-  Returns:
-    (N, L, D) float32 array, rows in the order of `prompts`.
+  the last batch is padded with copies that are then dropped. Every process runs the same
+  batches, whose rows are split over the mesh's batch axes (each prompt is computed once, on
+  one device), and gets every row back; `rows_captured` counts this process's prompts.
   """
-  out = []
-  for start in range(0, len(prompts), batch_size):
-    chunk = list(prompts[start:start + batch_size])
-    where = list(anchors[start:start + batch_size]) if anchors is not None else [len(p) - 1 for p in chunk]
-    real = len(chunk)
-    chunk += [chunk[-1]] * (batch_size - real)  # fixed batch shape
-    where += [where[-1]] * (batch_size - real)
-    padded = batching.left_pad_prompts(chunk, pad_id, buckets)
-    tokens, mask = padded["input_ids"], padded["attention_mask"]
-    T = tokens.shape[1]
-    anchor_B = np.asarray([T - len(p) + a for p, a in zip(chunk, where)], np.int32)
-    acts_LBD = np.asarray(capture_at_anchors(model, params, tokens, mask, anchor_B))
-    out.append(np.swapaxes(acts_LBD, 0, 1)[:real])
-    if progress is not None:
-      progress.update(real)
-  return np.concatenate(out)
+
+  def __init__(self, model: Llama, params, pad_id: int, batch_size: int = 16,
+               buckets: Sequence[int] = (64, 128, 256, 512, 1024, 2048)):
+    self.model, self.params, self.pad_id, self.buckets = model, params, pad_id, buckets
+    self.mesh = sh.mesh_of(params)
+    ways = sh.batch_devices(self.mesh)
+    self.batch_size = -(-batch_size // ways) * ways  # a multiple of the devices the rows go to
+    self.rows_captured = 0
+
+  def batches(self, prompts: Sequence[Sequence[int]], anchors: Sequence[int] | None = None,
+              progress=None) -> Iterator[np.ndarray]:
+    """(b, L, D) float32 activations of consecutive chunks of `prompts`, in order.
+
+    Args:
+      anchors: the anchor's index in each prompt; None: the last token (cc_jax's anchor).
+    """
+    size = self.batch_size
+    mine = sh.local_rows(self.mesh, size)
+    rows = functools.partial(sh.rows_to_devices, self.mesh)
+    for start in range(0, len(prompts), size):
+      chunk = list(prompts[start:start + size])
+      where = list(anchors[start:start + size]) if anchors is not None else [len(p) - 1 for p in chunk]
+      real = len(chunk)
+      chunk += [chunk[-1]] * (size - real)  # fixed batch shape
+      where += [where[-1]] * (size - real)
+      padded = batching.left_pad_prompts(chunk, self.pad_id, self.buckets)
+      tokens, mask = padded["input_ids"], padded["attention_mask"]
+      T = tokens.shape[1]
+      anchor_B = np.asarray([T - len(p) + a for p, a in zip(chunk, where)], np.int32)
+      acts_LBD = sh.to_host(capture_at_anchors(self.model, self.params, rows(tokens), rows(mask), rows(anchor_B)))
+      self.rows_captured += sum(j < real for j in mine)
+      if progress is not None:
+        progress.update(real)
+      yield np.swapaxes(acts_LBD, 0, 1)[:real]
+
+
+def collect_activations(model: Llama, params, prompts: Sequence[Sequence[int]], pad_id: int,
+                        batch_size: int = 16, buckets: Sequence[int] = (64, 128, 256, 512, 1024, 2048),
+                        progress=None, anchors: Sequence[int] | None = None) -> np.ndarray:
+  """`Capture` of all `prompts` at once: (N, L, D) float32, rows in the order of `prompts`."""
+  return np.concatenate(list(Capture(model, params, pad_id, batch_size, buckets).batches(prompts, anchors, progress)))
 
 
 def sample_indices(n_available: int, n: int, seed: int) -> np.ndarray:
@@ -90,17 +111,34 @@ def sample_indices(n_available: int, n: int, seed: int) -> np.ndarray:
 
 
 # --- Solving --------------------------------------------------------------------------------------
-def normal_equations(source_rows: jax.Array, target_rows: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """(S^T S, S^T T) in float32 for one chunk of rows; sum these over chunks (and devices)."""
-  s = jnp.asarray(source_rows, jnp.float32)
-  t = jnp.asarray(target_rows, jnp.float32)
-  return s.T @ s, s.T @ t
+class NormalEquations:
+  """S^T S and S^T T summed over chunks of pairs, so that memory does not grow with N: shared
+  (D, D), or per layer (L, D, D). Kept and solved in float64 on the host (JAX computes in
+  float32): solving normal equations squares the conditioning of S, which float64 absorbs."""
 
+  def __init__(self, num_layers: int, width: int, per_layer: bool = False):
+    shape = (num_layers, width, width) if per_layer else (width, width)
+    self.per_layer = per_layer
+    self.sts, self.stt = np.zeros(shape), np.zeros(shape)
 
-def solve_normal(sts: jax.Array, stt: jax.Array, ridge: float = 0.0) -> jax.Array:
-  """X = (S^T S + ridge I)^-1 S^T T; lstsq keeps it defined when S^T S is singular."""
-  sts = sts + ridge * jnp.eye(sts.shape[0], dtype=sts.dtype)
-  return jnp.linalg.lstsq(sts, stt)[0]
+  def add(self, source_NLD: np.ndarray, target_NLD: np.ndarray) -> None:
+    s, t = np.asarray(source_NLD, np.float64), np.asarray(target_NLD, np.float64)
+    if self.per_layer:
+      self.sts += np.einsum("nld,nle->lde", s, s)
+      self.stt += np.einsum("nld,nle->lde", s, t)
+    else:
+      s, t = s.reshape(-1, s.shape[-1]), t.reshape(-1, t.shape[-1])
+      self.sts += s.T @ s
+      self.stt += s.T @ t
+
+  def solve(self, ridge: float = 0.0) -> np.ndarray:
+    """X = (S^T S + ridge I)^-1 S^T T; lstsq keeps it defined (minimum norm) when S^T S is singular."""
+    eye = ridge * np.eye(self.sts.shape[-1])
+    if self.per_layer:
+      matrix = np.stack([np.linalg.lstsq(a + eye, b, rcond=None)[0] for a, b in zip(self.sts, self.stt)])
+    else:
+      matrix = np.linalg.lstsq(self.sts + eye, self.stt, rcond=None)[0]
+    return matrix.astype(np.float32)
 
 
 def solve_rows(source_rows: jax.Array, target_rows: jax.Array, ridge: float = 0.0) -> jax.Array:
@@ -117,24 +155,22 @@ def solve_rows(source_rows: jax.Array, target_rows: jax.Array, ridge: float = 0.
 
 
 def solve(source_NLD: np.ndarray, target_NLD: np.ndarray, options: SolveOptions = SolveOptions(),
-          chunk_rows: int = 4096) -> np.ndarray:
-  """The Transform Matrix: (D, D) shared by all layers, or (L, D, D) with per_layer."""
+          chunk_pairs: int = 256) -> np.ndarray:
+  """The Transform Matrix of stacked activations: (D, D) shared by all layers, or (L, D, D)
+  with per_layer; `options.streaming` solves their normal equations, fed `chunk_pairs` at a time."""
   n, num_layers, d = source_NLD.shape
   if target_NLD.shape != source_NLD.shape:
     raise ValueError(f"source {source_NLD.shape} and target {target_NLD.shape} activations differ in shape")
-
-  def fit(s_rows, t_rows):
-    if not options.streaming:
-      return solve_rows(s_rows, t_rows, options.ridge)
-    sts, stt = jnp.zeros((d, d), jnp.float32), jnp.zeros((d, d), jnp.float32)
-    for start in range(0, len(s_rows), chunk_rows):
-      a, b = normal_equations(s_rows[start:start + chunk_rows], t_rows[start:start + chunk_rows])
-      sts, stt = sts + a, stt + b
-    return solve_normal(sts, stt, options.ridge)
-
+  if options.streaming:
+    equations = NormalEquations(num_layers, d, options.per_layer)
+    for start in range(0, n, chunk_pairs):
+      equations.add(source_NLD[start:start + chunk_pairs], target_NLD[start:start + chunk_pairs])
+    return equations.solve(options.ridge)
   if options.per_layer:
-    return np.stack([np.asarray(fit(source_NLD[:, l], target_NLD[:, l])) for l in range(num_layers)])
-  return np.asarray(fit(source_NLD.reshape(n * num_layers, d), target_NLD.reshape(n * num_layers, d)))
+    return np.stack([np.asarray(solve_rows(source_NLD[:, l], target_NLD[:, l], options.ridge))
+                     for l in range(num_layers)])
+  return np.asarray(solve_rows(source_NLD.reshape(n * num_layers, d), target_NLD.reshape(n * num_layers, d),
+                               options.ridge))
 
 
 def underdetermined(num_pairs: int, num_layers: int, width: int, options: SolveOptions) -> str | None:
@@ -158,16 +194,38 @@ def apply_matrix(source_LBD: jax.Array, matrix: jax.Array) -> jax.Array:
   return s @ matrix.astype(jnp.float32)
 
 
+class FitStatistics:
+  """MSE and R^2 of a matrix's fit, overall and per layer, summed over chunks of pairs (float64)."""
+
+  def __init__(self, matrix: np.ndarray, num_layers: int):
+    self.matrix = np.asarray(matrix, np.float64)
+    self.n = 0
+    self.error_L, self.sum_squares_L = np.zeros(num_layers), np.zeros(num_layers)
+    self.sum_LD = None
+
+  def add(self, source_NLD: np.ndarray, target_NLD: np.ndarray) -> None:
+    s, t = np.asarray(source_NLD, np.float64), np.asarray(target_NLD, np.float64)
+    pred = np.einsum("nld,lde->nle", s, self.matrix) if self.matrix.ndim == 3 else s @ self.matrix
+    self.error_L += ((pred - t) ** 2).sum(axis=(0, 2))
+    self.sum_squares_L += (t ** 2).sum(axis=(0, 2))
+    self.sum_LD = t.sum(axis=0) + (0 if self.sum_LD is None else self.sum_LD)
+    self.n += len(t)
+
+  def result(self) -> dict:
+    width = self.sum_LD.shape[1]
+    # each layer's squared deviations from its per-dimension mean over the N pairs
+    centred_L = self.sum_squares_L - (self.sum_LD ** 2).sum(axis=1) / self.n
+    r2_L = 1.0 - self.error_L / np.maximum(centred_L, 1e-30)
+    return {"mse": float(self.error_L.sum() / (self.n * len(self.error_L) * width)),
+            "r2": float(1.0 - self.error_L.sum() / max(centred_L.sum(), 1e-30)),
+            "mse_per_layer": (self.error_L / (self.n * width)).tolist(), "r2_per_layer": r2_L.tolist()}
+
+
 def fit_statistics(source_NLD: np.ndarray, target_NLD: np.ndarray, matrix: np.ndarray) -> dict:
-  """MSE and R^2 of the fit, overall and per layer."""
-  pred = np.asarray(apply_matrix(jnp.asarray(np.swapaxes(source_NLD, 0, 1)), jnp.asarray(matrix)))
-  pred = np.swapaxes(pred, 0, 1)
-  err = ((pred - target_NLD) ** 2).astype(np.float64)
-  centred = ((target_NLD - target_NLD.mean(axis=0, keepdims=True)) ** 2).astype(np.float64)
-  mse_l = err.mean(axis=(0, 2))
-  r2_l = 1.0 - err.sum(axis=(0, 2)) / np.maximum(centred.sum(axis=(0, 2)), 1e-30)
-  return {"mse": float(err.mean()), "r2": float(1.0 - err.sum() / max(centred.sum(), 1e-30)),
-          "mse_per_layer": mse_l.tolist(), "r2_per_layer": r2_l.tolist()}
+  """`FitStatistics` of stacked activations."""
+  stats = FitStatistics(matrix, source_NLD.shape[1])
+  stats.add(source_NLD, target_NLD)
+  return stats.result()
 
 
 # --- Saving and loading ---------------------------------------------------------------------------
@@ -232,17 +290,32 @@ def fit_for_run(workdir, *, num_samples: int = 1000, seed: int = 0, batch_size: 
     anchors = [None if rule is None else [rule.find(p, r.source) for p, r in zip(prompts, picked)]
                for prompts in (source_prompts, target_prompts)]
     longest = max(len(p) for p in source_prompts + target_prompts)
-    buckets = batching.prompt_buckets(longest)
-    params = train.model_params(trained.params)
-    pad = data.pad_token_id(tokenizer)
-    with console.bar(progress, total=2 * len(picked), desc="matrix: collect") as bar:
-      source_NLD = collect_activations(trained.model, params, source_prompts, pad, batch_size, buckets, bar,
-                                       anchors[0])
-      target_NLD = collect_activations(trained.model, params, target_prompts, pad, batch_size, buckets, bar,
-                                       anchors[1])
-    matrix = solve(source_NLD, target_NLD, options)
-    stats = fit_statistics(source_NLD, target_NLD, matrix)
-    warning = underdetermined(len(picked), source_NLD.shape[1], source_NLD.shape[2], options)
+    capture = Capture(trained.model, train.model_params(trained.params), data.pad_token_id(tokenizer), batch_size,
+                      batching.prompt_buckets(longest))
+    cfg = trained.model.cfg
+
+    def pairs(bar):  # (source, target) activations, batch by batch
+      return zip(capture.batches(source_prompts, anchors[0], bar), capture.batches(target_prompts, anchors[1], bar))
+
+    if options.streaming:  # memory independent of N; the fit is measured on a second pass
+      equations = NormalEquations(cfg.num_layers, cfg.hidden_size, options.per_layer)
+      with console.bar(progress, total=2 * len(picked), desc="matrix: collect") as bar:
+        for source_BLD, target_BLD in pairs(bar):
+          equations.add(source_BLD, target_BLD)
+      matrix = equations.solve(options.ridge)
+      statistics = FitStatistics(matrix, cfg.num_layers)
+      with console.bar(progress, total=2 * len(picked), desc="matrix: measure the fit") as bar:
+        for source_BLD, target_BLD in pairs(bar):
+          statistics.add(source_BLD, target_BLD)
+      stats = statistics.result()
+    else:  # the paper's lstsq on all rows stacked: N x L x D activations per side in memory
+      with console.bar(progress, total=2 * len(picked), desc="matrix: collect") as bar:
+        source_NLD, target_NLD = (np.concatenate(side) for side in zip(*pairs(bar)))
+      matrix = solve(source_NLD, target_NLD, options)
+      stats = fit_statistics(source_NLD, target_NLD, matrix)
+    logging.info("process %d of %d captured %d of the %d prompts", jax.process_index(), jax.process_count(),
+                 capture.rows_captured, (2 if options.streaming else 1) * len(source_prompts + target_prompts))
+    warning = underdetermined(len(picked), cfg.num_layers, cfg.hidden_size, options)
     if warning:
       logging.warning("%s", warning)
     meta = {"checkpoint": trained.checkpoint, "num_samples": len(picked), "seed": seed, "data": source,

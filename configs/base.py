@@ -137,7 +137,7 @@ def get_config() -> config_dict.ConfigDict:
   c.matrix.batch_size = 16  # prompts per forward pass
   c.matrix.ridge = 0.0  # 0 = ordinary least squares (paper)
   c.matrix.per_layer = False  # one matrix per layer instead of one shared (paper: shared)
-  c.matrix.streaming = False  # accumulate S^T S and S^T T instead of stacking rows
+  c.matrix.streaming = True  # accumulate S^T S, S^T T (memory D x D); False: lstsq on stacked rows (paper)
   c.matrix.step = 0  # checkpoint step to use; 0 = latest
   c.matrix.data_source = ""  # "" = the run's training data
 

@@ -46,7 +46,7 @@ from absl import flags  # noqa: E402
 
 from cc_jax import console  # noqa: E402
 
-from shared_machine import Quiet, steal_s, timed_rounds  # noqa: E402  (launch/, beside this script)
+from shared_machine import Quiet, steal_s, timed_rounds, write_doc_section  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("model", "smollm2", ["smollm2", "tiny"],
@@ -73,7 +73,6 @@ flags.DEFINE_string("out", "docs/benchmarks.md",
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DEMO_TEST = REPO / "cc_jax" / "assets" / "demo_test.jsonl"
-BEGIN, END = "<!-- bench_inference:begin -->", "<!-- bench_inference:end -->"
 VARIANTS = ("plain", "cc", "cc_two_pass")
 TARGET_CC = 1.10  # cc/plain at most
 OVERHEAD_SHARE = 0.1  # cc's overhead at most this share of the two-pass procedure's
@@ -389,19 +388,6 @@ Rerun (writes this section): `python launch/bench_inference.py` (add `--repeats=
 """
 
 
-def write_doc(path: pathlib.Path, text: str) -> None:
-  """Replaces this benchmark's marked section, or appends it; other sections are untouched."""
-  section = f"{BEGIN}\n{SECTION_HEAD}\n{text}{END}\n"
-  old = path.read_text() if path.exists() else "# Benchmarks\n"
-  if BEGIN in old and END in old:
-    tail = old[old.index(END) + len(END):]
-    new = old[:old.index(BEGIN)] + section + tail.lstrip("\n")
-  else:
-    new = old.rstrip("\n") + "\n\n" + section
-  path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(new)
-
-
 # --- Main ----------------------------------------------------------------------------------
 def main(argv):
   del argv
@@ -420,7 +406,8 @@ def main(argv):
   print("\n" + text)
   if FLAGS.out:
     out = pathlib.Path(FLAGS.out)
-    write_doc(out if out.is_absolute() else REPO / out, text)
+    write_doc_section(out if out.is_absolute() else REPO / out, "bench_inference",
+                      f"{SECTION_HEAD}\n{text}")
     print(f"wrote {out}")
 
 

@@ -38,7 +38,7 @@ from absl import app, flags  # noqa: E402
 
 from cc_jax import console  # noqa: E402
 
-from shared_machine import Quiet, timed_rounds  # noqa: E402  (launch/, beside this script)
+from shared_machine import Quiet, timed_rounds, write_doc_section  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("model", "smollm2", ["smollm2", "tiny"],
@@ -63,7 +63,6 @@ flags.DEFINE_string("rss_child", None, "Internal: run one variant and print its 
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 VARIANTS = ("sft", "cc_stop", "cc")  # cc_stop: the default (English pass detached); cc: English grads
-BEGIN, END = "<!-- bench_train_step:begin -->", "<!-- bench_train_step:end -->"
 TARGET = 1.05  # a ratio may be at most 5% above its floor
 TINY_HF = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
@@ -378,18 +377,6 @@ Rerun (rewrites the section between the markers): `python launch/bench_train_ste
 """
 
 
-def write_doc(path: pathlib.Path, text: str) -> None:
-  """Replaces this benchmark's marked section, or appends it; other sections are untouched."""
-  section = f"{BEGIN}\n{SECTION_HEAD}\n{text}{END}\n"
-  old = path.read_text() if path.exists() else "# Benchmarks\n"
-  if BEGIN in old and END in old:
-    new = old[:old.index(BEGIN)] + section + old[old.index(END) + len(END):].lstrip("\n")
-  else:
-    new = old.rstrip("\n") + "\n\n" + section
-  path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(new)
-
-
 # --- Peak RSS in a fresh process ------------------------------------------------------------
 def rss_child(name: str) -> None:
   import jax
@@ -465,7 +452,8 @@ def main(argv):
   print("\n" + text)
   if FLAGS.out:
     out = pathlib.Path(FLAGS.out)
-    write_doc(out if out.is_absolute() else REPO / out, text)
+    write_doc_section(out if out.is_absolute() else REPO / out, "bench_train_step",
+                      f"{SECTION_HEAD}\n{text}")
     print(f"wrote {out}")
 
 

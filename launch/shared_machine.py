@@ -99,3 +99,17 @@ def timed_rounds(quiet: Quiet, phase: str, rounds: int, run_round) -> None:
     for keep in timings:
       keep()
     done += 1
+
+
+def write_doc_section(path: pathlib.Path, name: str, text: str) -> None:
+  """Replaces the section of `path` marked `<!-- name:begin -->` ... `<!-- name:end -->` with
+  `text`, or appends it; the other benchmarks' sections are untouched."""
+  begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+  section = f"{begin}\n{text}{end}\n"
+  old = path.read_text() if path.exists() else "# Benchmarks\n"
+  if begin in old and end in old:
+    new = old[:old.index(begin)] + section + old[old.index(end) + len(end):].lstrip("\n")
+  else:
+    new = old.rstrip("\n") + "\n\n" + section
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(new)

@@ -20,11 +20,16 @@ def relative(a, b):
   return float(np.abs(a - b).max() / np.abs(b).max())
 
 
-def test_solver_equals_numpy_lstsq():
+STACKED = transform.SolveOptions(streaming=False)
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_solver_equals_numpy_lstsq(streaming):
   source, target, _ = random_pairs(noise=0.5)
   rows_s, rows_t = source.reshape(-1, 16), target.reshape(-1, 16)
   expected = np.linalg.lstsq(rows_s.astype(np.float64), rows_t.astype(np.float64), rcond=None)[0]
-  assert relative(transform.solve(source, target), expected) <= 1e-5
+  options = transform.SolveOptions(streaming=streaming)
+  assert relative(transform.solve(source, target, options, chunk_pairs=7), expected) <= 1e-5
 
 
 @pytest.mark.parametrize("ridge", [0.0, 3.0])
@@ -32,16 +37,17 @@ def test_ridge_and_streaming_agree_with_closed_forms(ridge):
   source, target, _ = random_pairs(noise=0.5)
   s, t = source.reshape(-1, 16).astype(np.float64), target.reshape(-1, 16).astype(np.float64)
   closed = np.linalg.solve(s.T @ s + ridge * np.eye(16), s.T @ t)
-  direct = transform.solve(source, target, transform.SolveOptions(ridge=ridge))
-  streamed = transform.solve(source, target, transform.SolveOptions(ridge=ridge, streaming=True), chunk_rows=7)
+  direct = transform.solve(source, target, transform.SolveOptions(ridge=ridge, streaming=False))
+  streamed = transform.solve(source, target, transform.SolveOptions(ridge=ridge, streaming=True), chunk_pairs=7)
   assert relative(direct, closed) <= 1e-4
   assert relative(streamed, closed) <= 1e-4
 
 
-def test_recovers_a_planted_map_shared_and_per_layer():
+@pytest.mark.parametrize("streaming", [False, True])
+def test_recovers_a_planted_map_shared_and_per_layer(streaming):
   source, target, planted = random_pairs(n=200, noise=0.001)
-  assert relative(transform.solve(source, target), planted) <= 1e-2
-  per_layer = transform.solve(source, target, transform.SolveOptions(per_layer=True))
+  assert relative(transform.solve(source, target, transform.SolveOptions(streaming=streaming)), planted) <= 1e-2
+  per_layer = transform.solve(source, target, transform.SolveOptions(per_layer=True, streaming=streaming))
   assert per_layer.shape == (3, 16, 16)
   for layer in range(3):
     assert relative(per_layer[layer], planted) <= 1e-2
@@ -116,3 +122,21 @@ def test_an_underdetermined_fit_is_flagged():
   assert "3 rows (3 pairs) for a 16 x 16" in transform.underdetermined(3, 2, 16, transform.SolveOptions(per_layer=True))
   assert transform.underdetermined(3, 2, 16, transform.SolveOptions(ridge=0.1)) is None
   assert transform.underdetermined(8, 2, 16, transform.SolveOptions()) is None
+
+
+@pytest.mark.parametrize("per_layer", [False, True])
+def test_fit_statistics_summed_over_chunks_equal_numpy(per_layer):
+  source, target, _ = random_pairs(n=50, noise=0.3)
+  matrix = transform.solve(source, target, transform.SolveOptions(per_layer=per_layer))
+  chunked = transform.FitStatistics(matrix, num_layers=3)
+  for start in range(0, 50, 7):
+    chunked.add(source[start:start + 7], target[start:start + 7])
+  got = chunked.result()
+  s, t = source.astype(np.float64), target.astype(np.float64)
+  pred = np.einsum("nld,lde->nle", s, matrix) if per_layer else s @ matrix
+  err = (pred - t) ** 2
+  centred = (t - t.mean(axis=0)) ** 2
+  np.testing.assert_allclose(got["mse"], err.mean(), rtol=1e-9)
+  np.testing.assert_allclose(got["r2"], 1 - err.sum() / centred.sum(), rtol=1e-9)
+  np.testing.assert_allclose(got["mse_per_layer"], err.mean(axis=(0, 2)), rtol=1e-9)
+  np.testing.assert_allclose(got["r2_per_layer"], 1 - err.sum(axis=(0, 2)) / centred.sum(axis=(0, 2)), rtol=1e-9)
