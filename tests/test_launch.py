@@ -8,6 +8,7 @@ own SLURM detection and cc_jax's conversion and training are the real ones."""
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -204,3 +205,17 @@ def test_slurm_job_converts_once_then_trains_and_evaluates_with_two_processes(tm
   assert (exp / "cc" / "matrix" / "matrix.npy").exists()  # eval fitted the cc run's matrix first
   predictions = report.read_predictions(exp / "eval")  # 3 languages x 3 XNLI items, written once
   assert len(predictions) == 9 and {p.method for p in predictions} == {"cc-matrix"}
+
+
+def test_gpu_check_dry_run_runs_every_part_and_writes_nothing():
+  benchmarks = (REPO / "docs" / "benchmarks.md").read_text()
+  done = subprocess.run(["bash", str(REPO / "launch" / "gpu_check.sh"), "--dry_run"], capture_output=True, text=True,
+                        timeout=600)
+  assert done.returncode == 0, done.stderr[-4000:]
+  out = done.stdout
+  assert "cpu float32 against CPU float32: max |diff| / max |logit| 0.0e+00, top-1 agreement 100.0%" in out
+  assert re.search(r"cpu bfloat16 against CPU float32: max \|diff\| / max \|logit\| \d\.\de-0[1-3]", out), out
+  assert re.search(r"sft: \d+ ms/step, [\d,]+ tokens/s, MFU n/a on a CPU", out), out
+  assert re.search(r"cc/sft step time: \d\.\d{3} \(arithmetic floor 1\.167\)", out), out
+  assert re.search(r"plain \d+ ms, cc \d+ ms, cc/plain \d\.\d{3}", out), out
+  assert (REPO / "docs" / "benchmarks.md").read_text() == benchmarks
