@@ -50,6 +50,7 @@ class EvalOptions:
   seed: int = 0
   modes: tuple[str, ...] = ("matrix",)  # for cc runs; sft runs and base models always use "plain"
   batch_size: int = 16
+  max_batch_tokens: int = 16384  # most prompt tokens (rows x padded length) per batch; 0 = no limit
   max_new_tokens: int = 40  # the paper's
   max_prompt_len: int = 0  # 0 = the model's context less max_new_tokens; longer prompts lose their middle
   stop_strings: tuple[str, ...] = ()  # cut each prediction at the first of these
@@ -63,6 +64,8 @@ class EvalOptions:
       raise ValueError(f"eval.modes: unknown {bad}; expected some of {MODES}")
     if self.protocol not in PROTOCOLS:
       raise ValueError(f"eval.protocol={self.protocol!r}; expected one of {PROTOCOLS}")
+    if self.max_batch_tokens < 0:
+      raise ValueError(f"eval.max_batch_tokens={self.max_batch_tokens} must be >= 0 (0: no limit)")
     if self.max_prompt_len < 0:
       raise ValueError(f"eval.max_prompt_len={self.max_prompt_len} must be >= 0 (0: the model's context)")
 
@@ -151,7 +154,9 @@ class Generator:
 
   Every process runs the same batches; each batch's rows are split over the mesh's batch axes
   (all devices of all processes), so a prompt is generated once, and every process gets all
-  the predictions back. `rows_generated` counts the prompts this process's devices generated.
+  the predictions back. `rows_generated` counts the prompts this process's devices generated;
+  `decode_steps` is (row-steps that produced a token of a real prompt, row-steps run): a row
+  that has ended waits, padding, for the batch's last one.
   """
 
   def __init__(self, trained: runtime.TrainedModel, options: EvalOptions, matrix=None):
@@ -170,6 +175,7 @@ class Generator:
       logging.info("eval.batch_size=%d rounded up to %d: a multiple of the %d devices the batch is split over",
                    options.batch_size, self.batch_size, ways)
     self.rows_generated = 0
+    self.decode_steps = [0, 0]
 
   def encode(self, prompts: Sequence[str]) -> list[EvalPrompt]:
     if self.options.protocol == "authors":  # the template as text, tokenized with special tokens
@@ -200,19 +206,27 @@ class Generator:
 
   def run(self, prompts: list[EvalPrompt], mode: str, english: list[EvalPrompt] | None = None,
           progress=None) -> list[str]:
-    """Predictions for `prompts`, in order. Batches are sorted by length (less padding);
-    the last batch is filled with copies so every batch has the same shape."""
+    """Predictions for `prompts`, in order. Batches are sorted by length (less padding), and
+    hold as many rows as `max_batch_tokens` allows at their padded length (long prompts in
+    smaller batches: prefill cost and attention memory grow with rows x length^2); a batch
+    short of its size is filled with copies, so each length has one shape."""
     order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i].ids), i))
-    size = self.batch_size
-    mine = sh.local_rows(self.mesh, size)
     texts: list[str | None] = [None] * len(prompts)
     buckets = batching.prompt_buckets(max(len(p.ids) for p in prompts + (english or [])))
     prefix_ids = self.shared_prefix(prompts)
     prefix = None
     if prefix_ids:
       prefix = generate.prefill_prefix(self.trained.model, self.trained.params, np.asarray(prefix_ids, np.int32))
-    for start in range(0, len(order), size):
-      rows = order[start:start + size]
+
+    def rows_for(rows):  # the batch size at the padded length of the longest (last) of `rows`
+      return self._rows_at(len(prompts[rows[-1]].ids) - len(prefix_ids), buckets)
+
+    start = 0
+    while start < len(order):
+      rows = order[start:start + rows_for(order[start:start + self.batch_size])]
+      start += len(rows)
+      size = rows_for(rows)  # >= len(rows): the longest of these is no longer than the candidates'
+      mine = sh.local_rows(self.mesh, size)
       real = len(rows)
       rows = rows + [rows[-1]] * (size - real)
       batch = [prompts[i] for i in rows]
@@ -225,6 +239,8 @@ class Generator:
       new, lengths = self._generate(tokens, mask, mode, english_batch, prefix, batch)
       new, lengths = sh.to_host(new), sh.to_host(lengths)
       self.rows_generated += sum(j < real for j in mine)
+      self.decode_steps[0] += int(lengths[:real].sum())
+      self.decode_steps[1] += size * int(lengths.max())  # the decode loop runs until every row ends
       for j in range(real):
         ids = new[j, :lengths[j]].tolist()
         if ids and ids[-1] in self.eos and self.options.protocol == "cc_jax":
@@ -233,6 +249,15 @@ class Generator:
       if progress is not None:
         progress.update(real)
     return texts
+
+  def _rows_at(self, length: int, buckets) -> int:
+    """Rows of a batch whose longest prompt has `length` tokens: the batch size, or fewer as
+    `max_batch_tokens` requires at the length's bucket (a multiple of the devices, at least one each)."""
+    ways, budget = sh.batch_devices(self.mesh), self.options.max_batch_tokens
+    if not budget:
+      return self.batch_size
+    fit = budget // int(batching.bucket_length(length, buckets)) // ways * ways
+    return min(self.batch_size, max(ways, fit))
 
   def _generate(self, tokens, mask, mode: str, english, prefix, batch: list[EvalPrompt]):
     trained, n = self.trained, self.options.max_new_tokens

@@ -149,6 +149,8 @@ def get_config() -> config_dict.ConfigDict:
   c.eval.seed = 0  # sampling seed of eval.limit
   c.eval.modes = ("matrix",)  # cc runs: any of plain, matrix, identity, oracle; sft runs: plain
   c.eval.batch_size = 16  # prompts per generation batch
+  # most prompt tokens (rows x padded length) per batch: long prompts go in fewer rows; 0 = no limit
+  c.eval.max_batch_tokens = 16384
   c.eval.max_new_tokens = 40  # the paper's
   # 0 = the model's context less max_new_tokens (the authors never truncate); a longer prompt
   # loses the middle of its content and is counted in the results.

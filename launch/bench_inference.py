@@ -405,10 +405,8 @@ def main(argv):
   text = report(model_name, a, b, quiet, time.perf_counter() - start)
   print("\n" + text)
   if FLAGS.out:
-    out = pathlib.Path(FLAGS.out)
-    write_doc_section(out if out.is_absolute() else REPO / out, "bench_inference",
-                      f"{SECTION_HEAD}\n{text}")
-    print(f"wrote {out}")
+    write_doc_section(FLAGS.out, "bench_inference", f"{SECTION_HEAD}\n{text}")
+    print(f"wrote {FLAGS.out}")
 
 
 if __name__ == "__main__":

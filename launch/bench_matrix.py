@@ -30,7 +30,6 @@ flags.DEFINE_integer("batch_size", 16, "Prompts per capture pass (matrix.batch_s
 flags.DEFINE_string("out", "docs/benchmarks.md", "Markdown file whose marked section receives the results "
                     "('' writes nothing).")
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 SECTION_HEAD = """## Transform Matrix: streaming normal equations against stacked lstsq
 
 The fit's host memory (numpy's peak during the fit, tracemalloc) and wall time at each number of
@@ -124,8 +123,7 @@ def main(argv):
           "streaming off | stacked off |\n|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
   print(text)
   if FLAGS.out:
-    out = pathlib.Path(FLAGS.out)
-    write_doc_section(out if out.is_absolute() else REPO / out, "bench_matrix", f"{SECTION_HEAD}\n{text}")
+    write_doc_section(FLAGS.out, "bench_matrix", f"{SECTION_HEAD}\n{text}")
 
 
 if __name__ == "__main__":

@@ -451,10 +451,8 @@ def main(argv):
   text = report(shapes, results, time.perf_counter() - start, quiet)
   print("\n" + text)
   if FLAGS.out:
-    out = pathlib.Path(FLAGS.out)
-    write_doc_section(out if out.is_absolute() else REPO / out, "bench_train_step",
-                      f"{SECTION_HEAD}\n{text}")
-    print(f"wrote {out}")
+    write_doc_section(FLAGS.out, "bench_train_step", f"{SECTION_HEAD}\n{text}")
+    print(f"wrote {FLAGS.out}")
 
 
 if __name__ == "__main__":

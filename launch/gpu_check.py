@@ -42,7 +42,6 @@ flags.DEFINE_float("peak_tflops", 989.0, "Dense bf16 peak of the GPU, for MFU (H
 flags.DEFINE_string("out", None, "Markdown file whose gpu_check section receives the results; "
                     "default docs/benchmarks.md, or nothing with --dry_run.")
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 TARGET_SFT_MFU = 0.45  # MaxText reports ~51% for Llama-2-7B on H100
 ONE_B = dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_layers=16, num_heads=32,
              num_kv_heads=8, head_dim=64, rope_theta=500000.0, tie_word_embeddings=True)
@@ -247,9 +246,8 @@ def main(argv):
   if out:
     text = f"Run on {device}, jax {jax.__version__}, {datetime.date.today()}.\n\n" + "".join(
         f"- **{name}**: " + "; ".join(lines) + "\n" for name, lines in sections.items())
-    path = pathlib.Path(out)
-    write_doc_section(path if path.is_absolute() else REPO / path, "gpu_check", f"{SECTION_HEAD}\n{text}")
-    print(f"written to {path}")
+    write_doc_section(out, "gpu_check", f"{SECTION_HEAD}\n{text}")
+    print(f"written to {out}")
 
 
 if __name__ == "__main__":

@@ -101,9 +101,13 @@ def timed_rounds(quiet: Quiet, phase: str, rounds: int, run_round) -> None:
     done += 1
 
 
-def write_doc_section(path: pathlib.Path, name: str, text: str) -> None:
-  """Replaces the section of `path` marked `<!-- name:begin -->` ... `<!-- name:end -->` with
-  `text`, or appends it; the other benchmarks' sections are untouched."""
+def write_doc_section(path: str | pathlib.Path, name: str, text: str) -> None:
+  """Replaces the section of `path` (relative: to the repository root) marked
+  `<!-- name:begin -->` ... `<!-- name:end -->` with `text`, or appends it; the other
+  benchmarks' sections are untouched."""
+  path = pathlib.Path(path)
+  if not path.is_absolute():
+    path = pathlib.Path(__file__).resolve().parents[1] / path
   begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
   section = f"{begin}\n{text}{end}\n"
   old = path.read_text() if path.exists() else "# Benchmarks\n"

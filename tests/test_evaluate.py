@@ -14,7 +14,7 @@ import pytest
 import torch
 import transformers
 
-from cc_jax import benchmarks, connection, convert, evaluate, main, report, runtime, templates
+from cc_jax import benchmarks, connection, convert, evaluate, generate, main, report, runtime, templates
 from cc_jax.model import Llama
 from tests import hf_reference, real_tokenizers
 from tests.test_loop import tiny_config
@@ -220,3 +220,44 @@ def test_authors_anchor_in_evaluation_recomputes_from_the_role_word(monkeypatch)
   two_pass = functools.partial(evaluate.generate.cc_generate, reuse_cache=False)
   monkeypatch.setattr(evaluate.generate, "cc_generate", two_pass)
   assert generator.run(prompts, "identity") == cached
+
+
+def test_decode_steps_count_the_row_steps_a_batch_waits_for_its_last_row(smol_tokenizer):
+  """5 prompts in batches of 2 (the last filled with a copy); every row ends at an EOS that the
+  test reads off the generated tokens, so the expected counts come from the outputs alone."""
+  trained = tiny_trained(tiny_config(), smol_tokenizer)
+  options = evaluate.EvalOptions(source="t", batch_size=2, max_new_tokens=6, shared_prefix=False)
+  generator = evaluate.Generator(trained, options)
+  prompts = generator.encode([f"Question {i}: what is {i} plus {i}?" for i in range(5)])
+  generator.run(prompts, "plain")
+  live, run = generator.decode_steps
+  order = sorted(range(5), key=lambda i: (len(prompts[i].ids), i))
+  lengths = []
+  for i in order:  # each prompt alone: its own number of decode steps (up to its first EOS)
+    tokens, mask = generate.left_pad([prompts[i].ids], generator.pad_id)
+    _, length = generate.generate(trained.model, trained.params, tokens, mask, generator.eos,
+                                           max_new_tokens=6)
+    lengths.append(int(length[0]))
+  batches = [lengths[0:2], lengths[2:4], lengths[4:5] + lengths[4:5]]
+  assert live == sum(lengths)
+  assert run == sum(2 * max(b) for b in batches)
+
+
+def test_long_prompts_go_in_smaller_batches_within_max_batch_tokens(smol_tokenizer, monkeypatch):
+  """Within a budget of 256 prompt tokens, each batch holds as many rows (up to batch_size 4)
+  as fit at its padded length, and the predictions equal those of batches of one."""
+  trained = tiny_trained(tiny_config(), smol_tokenizer)
+  texts = [" ".join(["word"] * n) for n in (5, 6, 7, 8, 9, 60, 70, 80, 120)]
+  options = dict(source="t", max_new_tokens=4, shared_prefix=False)
+  prompts = evaluate.Generator(trained, evaluate.EvalOptions(**options)).encode(texts)
+  one = evaluate.Generator(trained, evaluate.EvalOptions(batch_size=1, **options)).run(prompts, "plain")
+  budgeted = evaluate.Generator(trained, evaluate.EvalOptions(batch_size=4, max_batch_tokens=256, **options))
+  shapes = []
+  generate_batch = budgeted._generate
+  monkeypatch.setattr(budgeted, "_generate",
+                      lambda tokens, *args: shapes.append(tokens.shape) or generate_batch(tokens, *args))
+  assert budgeted.run(prompts, "plain") == one
+  assert sorted(len(p.ids) for p in prompts)[-1] > 128 > sorted(len(p.ids) for p in prompts)[4]  # lengths vary
+  for rows, length in shapes:
+    assert rows == min(4, 256 // length) or (rows == 1 and length > 256), shapes
+  assert {rows for rows, _ in shapes} >= {4, 1}, shapes  # short prompts four at a time, the longest alone
