@@ -111,6 +111,10 @@ def main(argv):
   compile_cache.enable(config.compilation_cache_dir)
   runtime.maybe_initialize_distributed()  # every task: under srun or on a pod each process joins the job
   try:
+    validate.check_mesh(config, runtime.device_count())
+  except ValueError as error:
+    sys.exit(str(error))
+  try:
     if config.task in ("matrix", "eval") and workdir:  # these read the run's own settings from run.json
       overridden = config_flags.get_override_values(FLAGS["config"])
       validate.check_run(config, workdir, config.task, keys=[k for k in overridden if k in validate.RUN_KEYS or

@@ -42,6 +42,11 @@ def maybe_initialize_distributed() -> None:
                jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count())
 
 
+def device_count() -> int:
+  """The devices of the whole job (every process's)."""
+  return jax.device_count()
+
+
 def is_writer() -> bool:
   """Whether this process writes (and announces) a task's results: process 0 of the job."""
   return jax.process_index() == 0

@@ -60,6 +60,20 @@ def check(config: ConfigDict) -> None:
     raise ValueError("the config cannot run:\n  " + "\n  ".join(problems))
 
 
+def check_mesh(config: ConfigDict, device_count: int) -> None:
+  """config.mesh against the devices of the job, known once JAX is up (before any output)."""
+  if config.task not in TASKS_THAT_TRAIN:
+    return  # the matrix and evaluation shard over every device (fsdp) whatever config.mesh says
+  sizes = {axis: config.mesh[axis] for axis in ("data", "fsdp", "tensor")}
+  known = math.prod(size for size in sizes.values() if size != -1)
+  fits = device_count % known == 0 if -1 in sizes.values() else known == device_count
+  if not fits:
+    shown = " ".join(f"{axis}={size}" for axis, size in sizes.items())
+    raise ValueError(f"mesh {shown} needs {'a multiple of ' if -1 in sizes.values() else ''}{known} devices, and "
+                     f"{device_count} are available: make the sizes' product {device_count}, or set one axis to -1 "
+                     "(the remaining devices)")
+
+
 def check_inject_layer(inject_layer: int, num_layers: int) -> None:
   """cc.inject_layer against the model's depth, known once the model config is."""
   if not 0 <= inject_layer < num_layers:

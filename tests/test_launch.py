@@ -100,6 +100,8 @@ def test_slurm_converts_once_and_runs_every_task(tmp_path):
   per_gpu = dry_run("slurm_gpu.sbatch", "eval", SLURM_NTASKS_PER_NODE="4", GPUS_PER_NODE="4", **EXPERIMENT)
   assert per_gpu == ["+ srun --kill-on-bad-exit=1 launch/eval.sh /runs/llama3_8b/cc /data/benchmarks matrix "
                      "--config.eval.out_dir=/runs/llama3_8b/eval"]
+  # sbatch --ntasks=16 --nodes=2 sets no per-node count: 8 per node, a process per GPU
+  assert dry_run("slurm_gpu.sbatch", "eval", SLURM_NTASKS="16", SLURM_JOB_NUM_NODES="2", **EXPERIMENT) == per_gpu
   odd = launch("slurm_gpu.sbatch", "--dry_run", "train", SLURM_NTASKS_PER_NODE="3", **EXPERIMENT)
   assert odd.returncode == 2
   assert "--ntasks-per-node=3: use 1 (a process per node) or 8 (a process per GPU)" in odd.stderr

@@ -1,11 +1,17 @@
 """Config checks before any work: each bad value is refused with its key, value and fix."""
 
 import math
+import os
+import pathlib
+import subprocess
+import sys
 
 import pytest
 
 from cc_jax import validate
 from configs import base, demo, llama3_8b, llama7b, mistral_7b, qwen2_7b, smollm2, tiny
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 BAD = [  # (overrides, the text the message must hold)
     ({"optim.max_steps": -3}, "optim.max_steps=-3"),
@@ -70,3 +76,23 @@ def test_unknown_override_keys_name_the_nearest_known_keys():
   assert len(messages) == 2, messages
   assert messages[0].startswith("--config.optim.learnin_rate: no such key; did you mean optim.learning_rate")
   assert messages[1].startswith("--config.data.bogus_key: no such key")
+
+
+def test_a_mesh_the_devices_cannot_fill_is_refused_before_any_work(tmp_path):
+  config = tiny.get_config()
+  config.mesh.fsdp, config.mesh.tensor = -1, 2
+  validate.check_mesh(config, 8)
+  config.mesh.tensor = 3
+  with pytest.raises(ValueError, match="mesh data=1 fsdp=-1 tensor=3 needs a multiple of 3 devices, and 8 are"):
+    validate.check_mesh(config, 8)
+  config.task = "eval"  # inference tasks shard over every device whatever the mesh says
+  validate.check_mesh(config, 8)
+  workdir = tmp_path / "run"
+  done = subprocess.run([sys.executable, "-m", "cc_jax.main", "--config=configs/tiny.py", f"--workdir={workdir}",
+                         "--config.mesh.fsdp=3"], cwd=REPO, capture_output=True, text=True, timeout=300,
+                        env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+                             "JAX_PLATFORMS": "cpu"})
+  assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+  assert ("mesh data=1 fsdp=3 tensor=1 needs 3 devices, and 8 are available: make the sizes' product 8, or set "
+          "one axis to -1") in done.stderr
+  assert not workdir.exists()  # nothing written
