@@ -169,11 +169,10 @@ class Generator:
     context = trained.model.cfg.max_position_embeddings
     self.max_prompt_len = options.max_prompt_len or max(context - options.max_new_tokens, 1)
     self.mesh = sh.mesh_of(trained.params)
-    ways = sh.batch_devices(self.mesh)
-    self.batch_size = -(-options.batch_size // ways) * ways
+    self.batch_size = sh.round_up_batch(self.mesh, options.batch_size)
     if self.batch_size != options.batch_size:
       logging.info("eval.batch_size=%d rounded up to %d: a multiple of the %d devices the batch is split over",
-                   options.batch_size, self.batch_size, ways)
+                   options.batch_size, self.batch_size, sh.batch_devices(self.mesh))
     self.rows_generated = 0
     self.decode_steps = [0, 0]
 

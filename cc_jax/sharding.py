@@ -161,8 +161,14 @@ def mesh_of(tree: Any) -> jax.sharding.Mesh | None:
 
 
 def batch_devices(mesh: jax.sharding.Mesh | None) -> int:
-  """How many ways the batch axes split a batch: batch sizes are rounded up to a multiple."""
+  """How many ways the batch axes split a batch."""
   return 1 if mesh is None else math.prod(mesh.shape[a] for a in BATCH_AXES)
+
+
+def round_up_batch(mesh: jax.sharding.Mesh | None, rows: int) -> int:
+  """`rows` rounded up to a multiple of `batch_devices`, so that every device gets as many."""
+  ways = batch_devices(mesh)
+  return -(-rows // ways) * ways
 
 
 def rows_to_devices(mesh: jax.sharding.Mesh | None, array) -> Any:

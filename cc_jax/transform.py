@@ -65,8 +65,7 @@ class Capture:
                buckets: Sequence[int] = (64, 128, 256, 512, 1024, 2048)):
     self.model, self.params, self.pad_id, self.buckets = model, params, pad_id, buckets
     self.mesh = sh.mesh_of(params)
-    ways = sh.batch_devices(self.mesh)
-    self.batch_size = -(-batch_size // ways) * ways  # a multiple of the devices the rows go to
+    self.batch_size = sh.round_up_batch(self.mesh, batch_size)
     self.rows_captured = 0
 
   def batches(self, prompts: Sequence[Sequence[int]], anchors: Sequence[int] | None = None,

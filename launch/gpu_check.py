@@ -142,8 +142,7 @@ def train_throughput(mesh) -> tuple[list[str], dict]:
   cfg = LlamaConfig(**(TINY if dry else ONE_B), dtype="bfloat16", remat_policy="full",
                     max_position_embeddings=max(FLAGS.seq, 4096))
   B, T, steps = (2, 128, 2) if dry else (FLAGS.batch, FLAGS.seq, FLAGS.steps)
-  ways = sh.batch_devices(mesh)
-  B = -(-B // ways) * ways  # the rows are split over every device
+  B = sh.round_up_batch(mesh, B)  # the rows are split over every device
   T_en = T // 2
   model, rules = Llama(cfg), sh.rules_from_config()
   tx, schedule = optim.make_optimizer(optim.OptimConfig(schedule="constant", warmup_ratio=0.0), total_steps=1000)
