@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import os
 import pathlib
 from typing import Sequence
@@ -32,8 +33,8 @@ from absl import logging
 import jax
 import numpy as np
 
-from cc_jax import (batching, benchmarks, choice, console, convert, data, generate, metrics, report, runtime,
-                    sharding as sh, transform, workdir_lock)
+from cc_jax import (batching, benchmarks, choice, console, continuous, convert, data, generate, metrics, report,
+                    runtime, sharding as sh, transform, workdir_lock)
 from cc_jax.benchmarks import EvalExample
 
 MODES = ("plain", "matrix", "identity", "oracle")
@@ -51,6 +52,8 @@ class EvalOptions:
   modes: tuple[str, ...] = ("matrix",)  # for cc runs; sft runs and base models always use "plain"
   batch_size: int = 16
   max_batch_tokens: int = 16384  # most prompt tokens (rows x padded length) per batch; 0 = no limit
+  continuous: bool = True  # a row whose answer ended takes the next prompt (cc_jax/continuous.py)
+  decode_chunk: int = 8  # continuous: decode steps between refills
   max_new_tokens: int = 40  # the paper's
   max_prompt_len: int = 0  # 0 = the model's context less max_new_tokens; longer prompts lose their middle
   stop_strings: tuple[str, ...] = ()  # cut each prediction at the first of these
@@ -68,6 +71,8 @@ class EvalOptions:
       raise ValueError(f"eval.max_batch_tokens={self.max_batch_tokens} must be >= 0 (0: no limit)")
     if self.max_prompt_len < 0:
       raise ValueError(f"eval.max_prompt_len={self.max_prompt_len} must be >= 0 (0: the model's context)")
+    if self.decode_chunk < 1:
+      raise ValueError(f"eval.decode_chunk={self.decode_chunk} must be >= 1")
 
 
 def selected_languages(options: EvalOptions) -> dict[str, tuple[str, ...]]:
@@ -197,7 +202,7 @@ class Generator:
     common = os.path.commonprefix([p.ids for p in prompts])
     length = min(len(common), min(p.anchor for p in prompts))
     length -= length % PREFIX_STEP
-    window = self.trained.model.cfg.sliding_window  # the cache must fit in it (generate._fresh_cache)
+    window = self.trained.model.cfg.sliding_window  # the cache must fit in it (generate.fresh_cache)
     longest = max(len(p.ids) for p in prompts)
     if window is not None and length + longest + self.options.max_new_tokens > window:
       return []
@@ -205,10 +210,15 @@ class Generator:
 
   def run(self, prompts: list[EvalPrompt], mode: str, english: list[EvalPrompt] | None = None,
           progress=None) -> list[str]:
-    """Predictions for `prompts`, in order. Batches are sorted by length (less padding), and
-    hold as many rows as `max_batch_tokens` allows at their padded length (long prompts in
-    smaller batches: prefill cost and attention memory grow with rows x length^2); a batch
-    short of its size is filled with copies, so each length has one shape."""
+    """Predictions for `prompts`, in order.
+
+    Prompts go in order of length (less padding), as many rows at a time as `max_batch_tokens`
+    allows at their padded length (long prompts in fewer rows: prefill cost and attention
+    memory grow with rows x length^2). With `continuous` (the default) the prompts of each
+    padded length share one decode batch whose ended rows take the next prompt; otherwise each
+    batch decodes until its last row ends, and a batch short of its size is filled with copies,
+    so each length has one shape.
+    """
     order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i].ids), i))
     texts: list[str | None] = [None] * len(prompts)
     buckets = batching.prompt_buckets(max(len(p.ids) for p in prompts + (english or [])))
@@ -216,61 +226,96 @@ class Generator:
     prefix = None
     if prefix_ids:
       prefix = generate.prefill_prefix(self.trained.model, self.trained.params, np.asarray(prefix_ids, np.int32))
+    batch = functools.partial(self._batch, prompts=prompts, english=english, skip=len(prefix_ids), buckets=buckets)
 
-    def rows_for(rows):  # the batch size at the padded length of the longest (last) of `rows`
-      return self._rows_at(len(prompts[rows[-1]].ids) - len(prefix_ids), buckets)
+    def finish(i: int, ids: list[int]):
+      if ids and ids[-1] in self.eos and self.options.protocol == "cc_jax":
+        ids = ids[:-1]  # the authors' scripts decode the stopping token too (skipped if special)
+      texts[i] = self._cut(self.trained.tokenizer.decode(ids, skip_special_tokens=True))
+      if progress is not None:
+        progress.update(1)
 
+    def width(i: int) -> int:  # the padded length of prompt i after the prefix
+      return int(batching.bucket_length(len(prompts[i].ids) - len(prefix_ids), buckets))
+
+    n = self.options.max_new_tokens
+    if self.options.continuous and continuous.fits(self.trained.model, width(order[-1]), n, prefix):
+      for length, group in itertools.groupby(order, key=width):
+        self._run_continuous(list(group), length, batch, prefix, mode, finish)
+    else:
+      self._run_static(order, width, batch, prefix, mode, finish)
+    return texts
+
+  def _batch(self, rows: list[int], *, prompts, english, skip: int, buckets) -> dict:
+    """Host arrays of the prompts `rows` (left-padded, less the `skip` prefix tokens): tokens,
+    mask, anchor columns, recompute width, and (oracle) the English prompts' (tokens, mask, anchors)."""
+    batch = [prompts[i] for i in rows]
+    tokens, mask = generate.left_pad([p.ids[skip:] for p in batch], self.pad_id, buckets)
+    T = tokens.shape[1]
+    out = dict(tokens=tokens, mask=mask, anchor=_anchor_columns(batch, T), english=None,
+               recompute=generate.recompute_width([p.anchor_offset for p in batch], T))
+    if english is not None:
+      en = [english[i] for i in rows]
+      en_tokens, en_mask = generate.left_pad([p.ids for p in en], self.pad_id, buckets)
+      out["english"] = (en_tokens, en_mask, _anchor_columns(en, en_tokens.shape[1]))
+    return out
+
+  def _run_continuous(self, group: list[int], length: int, batch, prefix, mode: str, finish):
+    """The prompts `group`, all of padded length `length`, in one continuously refilled batch."""
+    trained, mesh = self.trained, self.mesh
+    rows = continuous.admission_size(len(group), self._rows_at(length), sh.batch_devices(mesh))
+
+    def admission(items):
+      b = batch(items)
+      if mode == "plain":
+        return dict(tokens_RT=b["tokens"], mask_RT=b["mask"], cc=False)
+      return dict(tokens_RT=b["tokens"], mask_RT=b["mask"], anchor_R=b["anchor"], english=b["english"], cc=True,
+                  matrix=self.matrix if mode == "matrix" else None, recompute=b["recompute"])
+
+    stats = continuous.run(trained.model, trained.params, group, admission, rows=rows, prompt_len=length,
+                           max_new_tokens=self.options.max_new_tokens, eos_ids=self.eos, prefix=prefix,
+                           chunk=self.options.decode_chunk, mesh=mesh, on_done=finish)
+    self.rows_generated += stats["local"]
+    self.decode_steps = [a + b for a, b in zip(self.decode_steps, stats["row_steps"])]
+
+  def _run_static(self, order: list[int], width, batch, prefix, mode: str, finish):
+    """Batches of prompts in `order`, each decoded until its last row ends."""
     start = 0
     while start < len(order):
-      rows = order[start:start + rows_for(order[start:start + self.batch_size])]
+      rows = order[start:start + self.batch_size]
+      rows = rows[:self._rows_at(width(rows[-1]))]
       start += len(rows)
-      size = rows_for(rows)  # >= len(rows): the longest of these is no longer than the candidates'
+      size = self._rows_at(width(rows[-1]))  # >= len(rows): the longest of these is no longer
       mine = sh.local_rows(self.mesh, size)
       real = len(rows)
       rows = rows + [rows[-1]] * (size - real)
-      batch = [prompts[i] for i in rows]
-      tokens, mask = generate.left_pad([p.ids[len(prefix_ids):] for p in batch], self.pad_id, buckets)
-      english_batch = None
-      if mode == "oracle":
-        en = [english[i] for i in rows]
-        en_tokens, en_mask = generate.left_pad([p.ids for p in en], self.pad_id, buckets)
-        english_batch = (en_tokens, en_mask, _anchor_columns(en, en_tokens.shape[1]))
-      new, lengths = self._generate(tokens, mask, mode, english_batch, prefix, batch)
+      new, lengths = self._generate(batch(rows), mode, prefix)
       new, lengths = sh.to_host(new), sh.to_host(lengths)
       self.rows_generated += sum(j < real for j in mine)
       self.decode_steps[0] += int(lengths[:real].sum())
       self.decode_steps[1] += size * int(lengths.max())  # the decode loop runs until every row ends
       for j in range(real):
-        ids = new[j, :lengths[j]].tolist()
-        if ids and ids[-1] in self.eos and self.options.protocol == "cc_jax":
-          ids = ids[:-1]  # the authors' scripts decode the stopping token too (skipped if special)
-        texts[rows[j]] = self._cut(self.trained.tokenizer.decode(ids, skip_special_tokens=True))
-      if progress is not None:
-        progress.update(real)
-    return texts
+        finish(rows[j], new[j, :lengths[j]].tolist())
 
-  def _rows_at(self, length: int, buckets) -> int:
-    """Rows of a batch whose longest prompt has `length` tokens: the batch size, or fewer as
-    `max_batch_tokens` requires at the length's bucket (a multiple of the devices, at least one each)."""
+  def _rows_at(self, padded_length: int) -> int:
+    """Rows of a batch padded to `padded_length` columns: the batch size, or fewer as
+    `max_batch_tokens` requires (a multiple of the devices, at least one each)."""
     ways, budget = sh.batch_devices(self.mesh), self.options.max_batch_tokens
     if not budget:
       return self.batch_size
-    fit = budget // int(batching.bucket_length(length, buckets)) // ways * ways
+    fit = budget // padded_length // ways * ways
     return min(self.batch_size, max(ways, fit))
 
-  def _generate(self, tokens, mask, mode: str, english, prefix, batch: list[EvalPrompt]):
+  def _generate(self, b: dict, mode: str, prefix):
     trained, n = self.trained, self.options.max_new_tokens
     rows = functools.partial(sh.rows_to_devices, self.mesh)
-    T = tokens.shape[1]
-    anchor_B = rows(_anchor_columns(batch, T))
-    tokens, mask = rows(tokens), rows(mask)
-    english = None if english is None else tuple(map(rows, english))
+    tokens, mask = rows(b["tokens"]), rows(b["mask"])
     if mode == "plain":
       return generate.generate(trained.model, trained.params, tokens, mask, self.eos, prefix=prefix, max_new_tokens=n)
+    english = None if b["english"] is None else tuple(map(rows, b["english"]))
     matrix = self.matrix if mode == "matrix" else None
     return generate.cc_generate(trained.model, trained.params, tokens, mask, self.eos, matrix, english,
-                                prefix=prefix, anchor_B=anchor_B, max_new_tokens=n,
-                                recompute=generate.recompute_width([p.anchor_offset for p in batch], T))
+                                prefix=prefix, anchor_B=rows(b["anchor"]), max_new_tokens=n, recompute=b["recompute"])
 
   def _cut(self, text: str) -> str:
     for stop in self.options.stop_strings:

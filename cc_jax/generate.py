@@ -44,7 +44,7 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, buckets: Sequence[
   return batch["input_ids"], batch["attention_mask"]
 
 
-def _next_token(logits_BV, rng, sampling: Sampling):
+def next_token(logits_BV, rng, sampling: Sampling):
   if sampling.temperature == 0:
     return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
   logits = logits_BV / sampling.temperature
@@ -76,7 +76,7 @@ def decode(model: Llama, params, cache: KVCache, logits_BV, last_position_B, eos
 
   def body(carry):
     i, cache, logits_BV, position_B, done_B, tokens_BN = carry
-    token_B = _next_token(logits_BV, jax.random.fold_in(rng, i), sampling)
+    token_B = next_token(logits_BV, jax.random.fold_in(rng, i), sampling)
     token_B = jnp.where(done_B, tokens_BN[:, jnp.maximum(i - 1, 0)], token_B)
     tokens_BN = tokens_BN.at[:, i].set(token_B)
     out = model.apply({"params": params}, token_B[:, None], position_B[:, None] + 1,
@@ -114,7 +114,7 @@ def _prefix_len(prefix: KVCache | None) -> int:
   return 0 if prefix is None else prefix.valid_BS.shape[1]
 
 
-def _fresh_cache(cfg, batch: int, length: int, prefix: KVCache | None) -> KVCache:
+def fresh_cache(cfg, batch: int, length: int, prefix: KVCache | None) -> KVCache:
   """A cache with `length` free slots, after the prefix's slots when there is a prefix."""
   if prefix is None:
     return KVCache.init(cfg, batch, length)
@@ -142,7 +142,7 @@ def _prefill(model: Llama, params, tokens_BT, mask_BT, length: int, capture_at_B
   """Fills a fresh cache (after `prefix`, if given) with the prompts; captures every layer's
   MLP output at columns `capture_at_B` when given."""
   B, T = tokens_BT.shape
-  cache = _fresh_cache(model.cfg, B, length, prefix)
+  cache = fresh_cache(model.cfg, B, length, prefix)
   return model.apply({"params": params}, tokens_BT, _positions(mask_BT, prefix), mask_BT, cache=cache,
                      capture_at_B=capture_at_B, compute_logits=False)
 
@@ -175,11 +175,18 @@ def generate(model: Llama, params, tokens_BT, mask_BT, eos_ids, rng=None, prefix
   Returns:
     (tokens (B, max_new_tokens), lengths (B,)).
   """
+  cache, logits_BV, last_position_B = plain_prompt_pass(model, params, tokens_BT, mask_BT,
+                                                       tokens_BT.shape[1] + max_new_tokens, prefix)
+  return decode(model, model_params(params), cache, logits_BV, last_position_B, eos_ids, max_new_tokens, sampling,
+                rng)
+
+
+def plain_prompt_pass(model: Llama, params, tokens_BT, mask_BT, length: int, prefix: KVCache | None = None):
+  """The prompts' prefill into a cache of `length` slots (after the prefix's): (cache, logits of
+  each prompt's last token (B, V), its position (B,)), where decoding starts."""
   params = model_params(params)
-  T = tokens_BT.shape[1]
-  out = _prefill(model, params, tokens_BT, mask_BT, T + max_new_tokens, prefix=prefix)
-  return decode(model, params, out.cache, _last_logits(model, params, out.hidden_BTD),
-                _positions(mask_BT, prefix)[:, -1], eos_ids, max_new_tokens, sampling, rng)
+  out = _prefill(model, params, tokens_BT, mask_BT, length, prefix=prefix)
+  return out.cache, _last_logits(model, params, out.hidden_BTD), _positions(mask_BT, prefix)[:, -1]
 
 
 def greedy_generate(model: Llama, params, tokens_BT, mask_BT, eos_ids, *, max_new_tokens: int):
@@ -222,10 +229,22 @@ def cc_generate(model: Llama, params, tokens_BT, mask_BT, eos_ids, matrix=None, 
   """
   rng = jax.random.key(0) if rng is None else rng
   select_rng, sample_rng = jax.random.split(rng)
+  cache, logits_BV, last_position_B = cc_prompt_pass(
+      model, params, tokens_BT, mask_BT, tokens_BT.shape[1] + max_new_tokens, matrix, english, select_rng, prefix,
+      anchor_B, selection=selection, reuse_cache=reuse_cache, recompute=recompute)
+  return decode(model, model_params(params), cache, logits_BV, last_position_B, eos_ids, max_new_tokens, sampling,
+                sample_rng)
+
+
+def cc_prompt_pass(model: Llama, params, tokens_BT, mask_BT, length: int, matrix, english, select_rng,
+                   prefix: KVCache | None, anchor_B, *, selection: ConnectionConfig, reuse_cache: bool,
+                   recompute: int):
+  """`plain_prompt_pass` with the connection (arguments as for `cc_generate`): the prefill
+  captures, the vector is chosen and the anchor's columns are recomputed with it."""
   decoder = model_params(params)
   B, T = tokens_BT.shape
   anchor_B = jnp.full((B,), T - 1, jnp.int32) if anchor_B is None else jnp.asarray(anchor_B, jnp.int32)
-  out = _prefill(model, decoder, tokens_BT, mask_BT, T + max_new_tokens, capture_at_B=anchor_B, prefix=prefix)
+  out = _prefill(model, decoder, tokens_BT, mask_BT, length, capture_at_B=anchor_B, prefix=prefix)
   if english is not None:
     en_tokens, en_mask = english[:2]
     en_anchor_B = english[2] if len(english) > 2 else jnp.full((B,), en_tokens.shape[1] - 1, jnp.int32)
@@ -249,8 +268,7 @@ def cc_generate(model: Llama, params, tokens_BT, mask_BT, eos_ids, matrix=None, 
     out = model.apply({"params": decoder}, tokens_BT[:, T - R:], positions_BT[:, T - R:], mask_BT[:, T - R:],
                       cache=cache, inject=(vector_BD, anchor_B - (T - R)), compute_logits=False)
   else:
-    cache = _fresh_cache(model.cfg, B, T + max_new_tokens, prefix)
+    cache = fresh_cache(model.cfg, B, length, prefix)
     out = model.apply({"params": decoder}, tokens_BT, positions_BT, mask_BT, cache=cache,
                       inject=(vector_BD, anchor_B), compute_logits=False)
-  return decode(model, decoder, out.cache, _last_logits(model, decoder, out.hidden_BTD), positions_BT[:, -1],
-                eos_ids, max_new_tokens, sampling, sample_rng)
+  return out.cache, _last_logits(model, decoder, out.hidden_BTD), positions_BT[:, -1]

@@ -67,7 +67,7 @@ def evaluate(config, workdir) -> None:
   options = ev.EvalOptions(
       source=e.source, benchmarks=tuple(e.benchmarks), languages=tuple(e.languages), limit=e.limit, seed=e.seed,
       modes=tuple(e.modes), batch_size=e.batch_size, max_batch_tokens=e.max_batch_tokens,
-      max_new_tokens=e.max_new_tokens,
+      continuous=e.continuous, decode_chunk=e.decode_chunk, max_new_tokens=e.max_new_tokens,
       max_prompt_len=e.max_prompt_len, stop_strings=tuple(e.stop_strings), shared_prefix=e.shared_prefix,
       label=e.label, protocol=e.protocol)
   trained_run = bool(workdir) and (pathlib.Path(workdir) / loop.RUN_FILE).exists()

@@ -171,11 +171,16 @@ class KVCache:
 
   With left padding all sequences of a batch share one write position, so one `index`
   serves the batch; `valid_BS` marks the slots that hold real (non-padding) tokens.
+
+  `ring_start` set makes slots ring_start.. a ring that continuous batching writes round
+  (cc_jax/continuous.py): every valid slot then precedes the one-token query, so attention
+  masks by validity alone.
   """
   k_LBKES: jax.Array  # keys with the slot axis last, values with it before head_dim: the
   v_LBKSE: jax.Array  # layouts the two products of `cached_attention` read without a transpose
   valid_BS: jax.Array  # bool
   index: jax.Array  # int32 scalar: next slot to write
+  ring_start: int | None = flax.struct.field(pytree_node=False, default=None)
 
   @classmethod
   def init(cls, cfg: LlamaConfig, batch: int, max_len: int) -> "KVCache":
@@ -401,6 +406,16 @@ def attention_mask(valid_BS: jax.Array, query_slot_T: jax.Array, sliding_window:
   return valid_BS[:, None, None, :] & allowed_TS[None, None]
 
 
+def ring_attention_mask(valid_BS: jax.Array, query_len: int, sliding_window: int | None) -> jax.Array:
+  """Mask (B, 1, 1, S) of a one-token step over a ring cache: every valid slot is in the past.
+  A row spans at most the ring's slots, so a window at least as long never shuts a key out."""
+  if query_len != 1:
+    raise ValueError(f"a ring cache takes one token per step, not {query_len}")
+  if sliding_window is not None and valid_BS.shape[1] > sliding_window:
+    raise ValueError(f"a ring cache of {valid_BS.shape[1]} slots exceeds the sliding window ({sliding_window})")
+  return valid_BS[:, None, None, :]
+
+
 class Llama(nn.Module):
   """Decoder-only LM. Parameter names follow transformers, so conversion is a name map.
 
@@ -459,7 +474,10 @@ class Llama(nn.Module):
       valid_BS = jax.lax.dynamic_update_slice(cache.valid_BS, mask_BT, (0, index))
       query_slot_T = index + jnp.arange(T)
       layer_caches = (cache.k_LBKES, cache.v_LBKSE)
-    mask_B1TS = attention_mask(valid_BS, query_slot_T, cfg.sliding_window)
+    if cache is not None and cache.ring_start is not None:
+      mask_B1TS = ring_attention_mask(valid_BS, T, cfg.sliding_window)
+    else:
+      mask_B1TS = attention_mask(valid_BS, query_slot_T, cfg.sliding_window)
     cos_BTE, sin_BTE = rope_cos_sin(cfg, positions_BT)
     broadcast_args = (cos_BTE, sin_BTE, mask_B1TS, index, capture_at_B, inject)
 
@@ -478,7 +496,7 @@ class Llama(nn.Module):
 
     new_cache = None
     if cache is not None:
-      new_cache = KVCache(new_caches[0], new_caches[1], valid_BS, index + T)
+      new_cache = KVCache(new_caches[0], new_caches[1], valid_BS, index + T, cache.ring_start)
     hidden_BTD = self.norm(h_BTD)
     logits_BTV = self.logits(hidden_BTD) if compute_logits else None
     return ModelOutput(logits_BTV, hidden_BTD, new_cache, captured_LBD)

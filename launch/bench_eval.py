@@ -2,17 +2,17 @@
 authors' layout (all six benchmarks and their languages), generated as `task=eval` does, at
 batch 1 and at larger batches, side by side in one run.
 
-  python launch/bench_eval.py --source=../shared/eval-sample          # 360 prompts, 51-5004 tokens
+  python launch/bench_eval.py --source=../shared/eval-sample          # 60 prompts, 52-4466 tokens
   python launch/bench_eval.py --source=/data/benchmarks --limit=10 --batch_sizes=16,32 --out=
 
 Each pass runs `evaluate.Generator` in plain mode (chat template, the prompts' shared opening
 prefilled once, length buckets, batches sorted by length, greedy, 40 new tokens, stopping at the
 template's end of turn, at most `--max_batch_tokens` prompt tokens per batch) over all
-prompts; the passes of the batch sizes alternate, after a warm-up pass per batch size that
-compiles its shapes, and a pass disturbed by other processes is re-run
-(launch/shared_machine.py). `decode busy` is the share of decode row-steps that
-produced a token of a real prompt: a row that has ended waits for its batch's last row, which
-is what refilling finished rows with new prompts (continuous batching) would recover.
+prompts; each batch size runs with static batches (a batch decodes until its last row ends)
+and with continuous batching (a row that ended takes the next prompt, cc_jax/continuous.py);
+the passes alternate, after a warm-up pass per setting that compiles its shapes, and a pass
+disturbed by other processes is re-run (launch/shared_machine.py). `decode busy` is the share
+of decode row-steps that produced a token of a real prompt.
 """
 
 import datetime
@@ -31,7 +31,8 @@ from shared_machine import Quiet, timed_rounds, write_doc_section  # noqa: E402
 FLAGS = flags.FLAGS
 flags.DEFINE_string("source", None, "A benchmark root in the authors' layout (cc_jax/benchmarks.py).", required=True)
 flags.DEFINE_integer("limit", 0, "Prompts per benchmark and language; 0 = all.")
-flags.DEFINE_list("batch_sizes", ["8", "16", "32"], "Batch sizes timed beside batch 1.")
+flags.DEFINE_list("batch_sizes", ["8", "16"], "Batch sizes timed beside batch 1, each with static and continuous "
+                  "batching.")
 flags.DEFINE_integer("repeats", 1, "Timed passes per batch size.")
 flags.DEFINE_integer("new_tokens", 40, "eval.max_new_tokens (the paper's 40).")
 flags.DEFINE_integer("max_batch_tokens", 16384, "eval.max_batch_tokens (0: batches of batch_size whatever the length).")
@@ -64,11 +65,13 @@ def main(argv):
       params=jax.device_put(convert.load_params(model_dir)),
       tokenizer=transformers.AutoTokenizer.from_pretrained(str(model_dir / "tokenizer")), checkpoint="")
   examples = evaluate.load_examples(evaluate.EvalOptions(source=FLAGS.source, limit=FLAGS.limit))
-  sizes = sorted({1, *map(int, FLAGS.batch_sizes)})
-  generators = {b: evaluate.Generator(trained, evaluate.EvalOptions(
-      source=FLAGS.source, batch_size=b, max_batch_tokens=FLAGS.max_batch_tokens, max_new_tokens=FLAGS.new_tokens))
-      for b in sizes}
-  prompts = generators[1].encode([e.prompt for e in examples])
+  sizes = [(1, "static")] + [(b, kind) for b in sorted({int(b) for b in FLAGS.batch_sizes} - {1})
+                              for kind in ("static", "continuous")]
+  generators = {(b, kind): evaluate.Generator(trained, evaluate.EvalOptions(
+      source=FLAGS.source, batch_size=b, max_batch_tokens=FLAGS.max_batch_tokens, max_new_tokens=FLAGS.new_tokens,
+      continuous=kind == "continuous")) for b, kind in sizes}
+  first = sizes[0]
+  prompts = generators[first].encode([e.prompt for e in examples])
   lengths = sorted(len(p.ids) for p in prompts)
   benchmarks = sorted({e.benchmark for e in examples})
   print(f"{len(prompts)} prompts of {', '.join(benchmarks)}; {lengths[0]}-{lengths[-1]} tokens "
@@ -79,7 +82,7 @@ def main(argv):
     predictions[b] = generator.run(prompts, "plain")
     live, run = generator.decode_steps
     busy[b] = live / run
-    print(f"warm-up batch {b}: {time.perf_counter() - start:.0f} s, decode busy {busy[b]:.0%}", flush=True)
+    print(f"warm-up batch {b[0]} {b[1]}: {time.perf_counter() - start:.0f} s, decode busy {busy[b]:.0%}", flush=True)
   times = {b: [] for b in sizes}
 
   def run_round(round_):
@@ -94,8 +97,9 @@ def main(argv):
   timed_rounds(quiet, "passes", FLAGS.repeats, run_round)
   rate = {b: len(prompts) / statistics.median(times[b]) for b in sizes}
   best = max(sizes, key=rate.get)
-  rows = [f"| {b} | {statistics.median(times[b]):.0f} | {rate[b]:.2f} | {rate[b] / rate[1]:.2f} | {busy[b]:.0%} | "
-          f"{sum(p == q for p, q in zip(predictions[b], predictions[1]))}/{len(prompts)} |" for b in sizes]
+  rows = [f"| {b[0]} | {b[1]} | {statistics.median(times[b]):.0f} | {rate[b]:.2f} | {rate[b] / rate[first]:.2f} | "
+          f"{busy[b]:.0%} | {sum(p == q for p, q in zip(predictions[b], predictions[first]))}/{len(prompts)} |"
+          for b in sizes]
   where = f"{platform.node() or 'this machine'} ({jax.devices()[0].device_kind}, {jax.device_count()} device(s))"
   waited = f"; {quiet.summary()}" if quiet.summary() else ""
   text = "\n".join([
@@ -105,11 +109,11 @@ def main(argv):
       f"prompt tokens per batch; median of {FLAGS.repeats} pass(es); whole run "
       f"{(time.perf_counter() - start_all) / 60:.0f} min{waited}.",
       "",
-      "| batch | s per pass | examples/s | / batch 1 | decode busy | same text as batch 1 |",
-      "|---|---|---|---|---|---|",
+      "| batch | batching | s per pass | examples/s | / batch 1 | decode busy | same text as batch 1 |",
+      "|---|---|---|---|---|---|---|",
       *rows,
       "",
-      f"Best: batch {best}, {rate[best]:.2f} examples/s, {rate[best] / rate[1]:.2f}x batch 1.",
+      f"Best: batch {best[0]} {best[1]}, {rate[best]:.2f} examples/s, {rate[best] / rate[first]:.2f}x batch 1.",
       ""])
   print(text)
   if FLAGS.out:

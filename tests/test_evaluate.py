@@ -223,10 +223,11 @@ def test_authors_anchor_in_evaluation_recomputes_from_the_role_word(monkeypatch)
 
 
 def test_decode_steps_count_the_row_steps_a_batch_waits_for_its_last_row(smol_tokenizer):
-  """5 prompts in batches of 2 (the last filled with a copy); every row ends at an EOS that the
-  test reads off the generated tokens, so the expected counts come from the outputs alone."""
+  """Static batches (eval.continuous=False): 5 prompts in batches of 2 (the last filled with a
+  copy); every row ends at an EOS that the test reads off the generated tokens, so the expected
+  counts come from the outputs alone."""
   trained = tiny_trained(tiny_config(), smol_tokenizer)
-  options = evaluate.EvalOptions(source="t", batch_size=2, max_new_tokens=6, shared_prefix=False)
+  options = evaluate.EvalOptions(source="t", batch_size=2, max_new_tokens=6, shared_prefix=False, continuous=False)
   generator = evaluate.Generator(trained, options)
   prompts = generator.encode([f"Question {i}: what is {i} plus {i}?" for i in range(5)])
   generator.run(prompts, "plain")
@@ -244,14 +245,15 @@ def test_decode_steps_count_the_row_steps_a_batch_waits_for_its_last_row(smol_to
 
 
 def test_long_prompts_go_in_smaller_batches_within_max_batch_tokens(smol_tokenizer, monkeypatch):
-  """Within a budget of 256 prompt tokens, each batch holds as many rows (up to batch_size 4)
+  """Static batches: within a budget of 256 prompt tokens, each batch holds as many rows (up to batch_size 4)
   as fit at its padded length, and the predictions equal those of batches of one."""
   trained = tiny_trained(tiny_config(), smol_tokenizer)
   texts = [" ".join(["word"] * n) for n in (5, 6, 7, 8, 9, 60, 70, 80, 120)]
   options = dict(source="t", max_new_tokens=4, shared_prefix=False)
   prompts = evaluate.Generator(trained, evaluate.EvalOptions(**options)).encode(texts)
   one = evaluate.Generator(trained, evaluate.EvalOptions(batch_size=1, **options)).run(prompts, "plain")
-  budgeted = evaluate.Generator(trained, evaluate.EvalOptions(batch_size=4, max_batch_tokens=256, **options))
+  budgeted = evaluate.Generator(trained, evaluate.EvalOptions(batch_size=4, max_batch_tokens=256, continuous=False,
+                                                              **options))
   shapes = []
   generate_batch = budgeted._generate
   monkeypatch.setattr(budgeted, "_generate",
