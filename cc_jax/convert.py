@@ -337,6 +337,8 @@ def _config_from_json(d: dict) -> LlamaConfig:
   d = dict(d)
   if d.get("rope_scaling") is not None:
     d["rope_scaling"] = RopeScaling(**d["rope_scaling"])
+  if d.get("lora") is not None:
+    d["lora"] = LoraConfig(**{**d["lora"], "targets": tuple(d["lora"]["targets"])})
   return LlamaConfig(**d)
 
 

@@ -38,7 +38,19 @@ def step_config(config: ConfigDict) -> train.StepConfig:
       method=config.cc.method,
       connection=ConnectionConfig(selection=config.cc.selection, temperature=config.cc.temperature,
                                   stop_english_grad=config.cc.stop_english_grad),
-      num_microbatches=config.optim.grad_accum_steps, loss_chunk_len=config.model.loss_chunk_len)
+      num_microbatches=config.optim.grad_accum_steps, loss_chunk_len=config.model.loss_chunk_len,
+      trainable=trainable(config))
+
+
+def trainable(config: ConfigDict) -> str:
+  """optim.trainable, which is "lora" whenever lora.rank > 0."""
+  chosen = config.optim.trainable
+  if config.lora.rank and chosen not in ("all", "lora"):
+    raise ValueError(f"lora.rank={config.lora.rank} trains the adapters and the Decision Maker; "
+                     f"optim.trainable={chosen!r} contradicts it (leave it 'all')")
+  if chosen == "lora" and not config.lora.rank:
+    raise ValueError("optim.trainable='lora' needs lora.rank > 0")
+  return "lora" if config.lora.rank else chosen
 
 
 def load_examples(config: ConfigDict, tokenizer) -> list[data.Example]:

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cc_jax import sharding as sh
+from cc_jax.lora import LoraConfig
 
 REMAT_POLICIES = {
     "none": None,
@@ -67,6 +68,7 @@ class LlamaConfig:
   scan_layers: bool = True  # nn.scan over layers: compile time flat in depth
   remat_policy: str = "none"  # one of REMAT_POLICIES
   attention_impl: str | None = None  # dot_product_attention implementation without a cache: xla, cudnn
+  lora: LoraConfig | None = None  # adapters on the target projections (cc_jax/lora.py)
 
   def __post_init__(self):
     if self.num_heads % self.num_kv_heads:
@@ -281,12 +283,28 @@ class Projection(nn.Module):
     # there; the constraint keeps it so (tests/test_train.py reads the partitioned program).
     kernel = nn.with_logical_constraint(kernel.astype(cfg.jnp_dtype), self.kernel_axes)
     x_dims = tuple(range(x.ndim - self.contract, x.ndim))
-    y = jax.lax.dot_general(x.astype(cfg.jnp_dtype), kernel,
-                            ((x_dims, tuple(range(self.contract))), ((), ())))
+    x = x.astype(cfg.jnp_dtype)
+    y = jax.lax.dot_general(x, kernel, ((x_dims, tuple(range(self.contract))), ((), ())))
     if self.use_bias:
       bias = self.param("bias", _zeros(self.kernel_axes[self.contract:]), self.features, cfg.jnp_param_dtype)
       y = y + bias.astype(cfg.jnp_dtype)
+    if cfg.lora is not None and self.name in cfg.lora.targets:
+      y = y + self._adapter(x, x_dims, in_shape)
     return y
+
+  def _adapter(self, x, x_dims, in_shape):
+    """scale (x A) B, as PEFT's LoRA Linear adds it (after the bias). A is drawn as PEFT draws
+    lora_A (kaiming-uniform, bound 1/sqrt(fan_in)); B starts at zero."""
+    cfg, r = self.cfg, self.cfg.lora.rank
+    in_axes, out_axes = self.kernel_axes[:self.contract], self.kernel_axes[self.contract:]
+    a_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform", in_axis=tuple(range(self.contract)),
+                                              out_axis=-1)
+    a = self.param("lora_a", nn.with_logical_partitioning(a_init, in_axes + (sh.LORA_RANK,)), in_shape + (r,),
+                   cfg.jnp_param_dtype)
+    b = self.param("lora_b", _zeros((sh.LORA_RANK,) + out_axes), (r,) + self.features, cfg.jnp_param_dtype)
+    xa = jax.lax.dot_general(x, a.astype(cfg.jnp_dtype), ((x_dims, tuple(range(self.contract))), ((), ())))
+    xab = jax.lax.dot_general(xa, b.astype(cfg.jnp_dtype), (((xa.ndim - 1,), (0,)), ((), ())))
+    return xab * jnp.asarray(cfg.lora.scale, cfg.jnp_dtype)
 
 
 def cached_attention(q_BTNE, k_BKES, v_BKSE, mask_B1TS, scale: float):

@@ -1,17 +1,19 @@
-"""Optimizer: AdamW with warmup + cosine decay, global-norm clipping, decay and trainable masks."""
+"""Optimizer: AdamW with warmup + cosine decay, global-norm clipping and a decay mask; which params train."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, Mapping
 
 import jax
 import optax
+from flax import traverse_util
 
+from cc_jax import lora
 from cc_jax.connection import PARAM_NAME as DECISION_MAKER
 
-TRAINABLE = ("all", "decision_maker")
+TRAINABLE = ("all", "decision_maker", "lora")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,7 +28,6 @@ class OptimConfig:
   b2: float = 0.999
   eps: float = 1e-8
   grad_clip_norm: float = 1.0  # <= 0 disables clipping
-  trainable: str = "all"
 
   @classmethod
   def from_config(cls, cfg) -> "OptimConfig":
@@ -73,28 +74,37 @@ def decay_mask(params: Any) -> Any:
   return jax.tree_util.tree_map_with_path(lambda path, _: _dict_keys(path)[-1] not in ("scale", "bias"), params)
 
 
-def trainable_labels(params: Any, trainable: str) -> Any:
-  """'train' / 'freeze' per leaf: the whole model, or only the Decision Maker."""
+def is_trainable(keys: tuple[str, ...], trainable: str) -> bool:
+  """Whether the param at `keys` trains: everything, only the Decision Maker, or (lora) the
+  adapters and the Decision Maker."""
   if trainable not in TRAINABLE:
     raise ValueError(f"optim.trainable={trainable!r}; expected one of {TRAINABLE}")
+  if trainable == "all" or keys[0] == DECISION_MAKER:
+    return True
+  return trainable == "lora" and keys[-1] in lora.ADAPTER_PARAMS
 
-  def label(path, _):
-    if trainable == "all":
-      return "train"
-    return "train" if _dict_keys(path)[0] == DECISION_MAKER else "freeze"
 
-  return jax.tree_util.tree_map_with_path(label, params)
+def split_trainable(params: Mapping, trainable: str) -> tuple[dict, dict]:
+  """(trainable, frozen) halves of a (possibly boxed) params tree; `join` puts them back. The
+  optimizer and the gradients only ever see the trainable half."""
+  flat = traverse_util.flatten_dict(dict(params))
+  halves = ({}, {})
+  for keys, leaf in flat.items():
+    halves[0 if is_trainable(keys, trainable) else 1][keys] = leaf
+  return tuple(traverse_util.unflatten_dict(h) for h in halves)
+
+
+def join(trainable: Mapping, frozen: Mapping) -> dict:
+  flat = traverse_util.flatten_dict(dict(trainable))
+  flat.update(traverse_util.flatten_dict(dict(frozen)))
+  return traverse_util.unflatten_dict(flat)
 
 
 def make_optimizer(cfg: OptimConfig, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """Returns (optimizer, learning-rate schedule). The optimizer expects already-averaged grads."""
+  """Returns (optimizer, learning-rate schedule) for the trainable params (`split_trainable`).
+  The optimizer expects already-averaged grads."""
   schedule = learning_rate_schedule(cfg, total_steps)
   adamw = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
                       mask=decay_mask)
   chain = [optax.clip_by_global_norm(cfg.grad_clip_norm)] if cfg.grad_clip_norm > 0 else []
-  tx = optax.chain(*chain, adamw)
-  if cfg.trainable != "all":
-    # Frozen leaves get no optimizer state at all (set_to_zero keeps none).
-    tx = optax.multi_transform({"train": tx, "freeze": optax.set_to_zero()},
-                               lambda params: trainable_labels(params, cfg.trainable))
-  return tx, schedule
+  return optax.chain(*chain, adamw), schedule

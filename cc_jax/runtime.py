@@ -10,7 +10,7 @@ from absl import logging
 import jax
 from ml_collections import ConfigDict
 
-from cc_jax import convert, sharding as sh, smollm2
+from cc_jax import convert, lora, sharding as sh, smollm2
 from cc_jax.model import Llama, LlamaConfig
 
 # Environment variables by which cluster launchers describe a multi-process job; JAX's
@@ -71,7 +71,8 @@ def model_dir(config: ConfigDict) -> pathlib.Path | None:
 def _run_settings(config: ConfigDict) -> dict:
   m = config.model
   return dict(dtype=m.dtype, param_dtype=m.param_dtype, scan_layers=m.scan_layers,
-              remat_policy=m.remat_policy, attention_impl=m.attention_impl or None)
+              remat_policy=m.remat_policy, attention_impl=m.attention_impl or None,
+              lora=lora.LoraConfig.from_config(config.get("lora")))  # runs before LoRA have none
 
 
 def model_config(config: ConfigDict) -> LlamaConfig:

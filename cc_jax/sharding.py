@@ -24,6 +24,7 @@ MLP = "mlp"
 NORM = "norm"
 LAYERS = "layers"
 LAYER_CHOICE = "layer_choice"  # output axis of the Decision Maker: one score per layer
+LORA_RANK = "lora_rank"  # the inner axis of a LoRA adapter (a few columns: replicated)
 
 # Activation axes.
 ACT_BATCH = "act_batch"
@@ -56,6 +57,7 @@ DEFAULT_RULES = (
     (NORM, None),
     (LAYERS, None),
     (LAYER_CHOICE, None),
+    (LORA_RANK, None),
 )
 
 

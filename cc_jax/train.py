@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from cc_jax import batching, connection, loss as losses, sharding as sh
+from cc_jax import batching, connection, loss as losses, optim, sharding as sh
 from cc_jax.connection import ConnectionConfig
 from cc_jax.model import Llama
 
@@ -40,10 +40,13 @@ class StepConfig:
   connection: ConnectionConfig = ConnectionConfig()
   num_microbatches: int = 1  # gradient accumulation
   loss_chunk_len: int = 0  # LM head + cross-entropy this many positions at a time; 0 = all at once
+  trainable: str = "all"  # optim.TRAINABLE: which params get gradients and optimizer state
 
   def __post_init__(self):
     if self.method not in METHODS:
       raise ValueError(f"cc.method={self.method!r}; expected one of {METHODS}")
+    if self.trainable not in optim.TRAINABLE:
+      raise ValueError(f"optim.trainable={self.trainable!r}; expected one of {optim.TRAINABLE}")
 
 
 ENGLISH_KEYS = ("en_input_ids", "en_attention_mask", "en_positions", "en_anchor")
@@ -122,11 +125,17 @@ def microbatch_noise(rng: jax.Array, step: jax.Array, micro: int | jax.Array, sh
   return connection.gumbel_noise(jax.random.fold_in(jax.random.fold_in(rng, step), micro), shape)
 
 
-def accumulate_gradients(params, batch, rng, step, *, model: Llama, cfg: StepConfig):
+def accumulate_gradients(params, batch, rng, step, *, model: Llama, cfg: StepConfig, frozen=None):
   """Sums loss and gradients over microbatches, then divides by the total label tokens,
-  so accumulation equals one big batch (never an average of per-microbatch means)."""
+  so accumulation equals one big batch (never an average of per-microbatch means).
+
+  Gradients are of `params` only; `frozen` params (`optim.split_trainable`) take part in the
+  forward pass but are never differentiated.
+  """
   num_layers = model.cfg.num_layers
-  grad_fn = jax.value_and_grad(functools.partial(loss_fn, model=model, cfg=cfg), has_aux=True)
+  frozen = {} if frozen is None else frozen
+  loss_of = functools.partial(loss_fn, model=model, cfg=cfg)
+  grad_fn = jax.value_and_grad(lambda p, *args: loss_of(optim.join(p, frozen), *args), has_aux=True)
   micro = batching.split_microbatches(batch, cfg.num_microbatches)
 
   def body(carry, xs):
@@ -150,10 +159,12 @@ def accumulate_gradients(params, batch, rng, step, *, model: Llama, cfg: StepCon
 
 def train_step(state: TrainState, batch, rng, *, model: Llama, tx: optax.GradientTransformation,
                schedule: Callable, cfg: StepConfig) -> tuple[TrainState, dict]:
-  """One optimizer step. Per-step randomness comes from fold_in(rng, step)."""
-  loss, aux, grads = accumulate_gradients(state.params, batch, rng, state.step, model=model, cfg=cfg)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
+  """One optimizer step. Per-step randomness comes from fold_in(rng, step). Frozen params pass
+  through untouched."""
+  trainable, frozen = optim.split_trainable(state.params, cfg.trainable)
+  loss, aux, grads = accumulate_gradients(trainable, batch, rng, state.step, model=model, cfg=cfg, frozen=frozen)
+  updates, opt_state = tx.update(grads, state.opt_state, trainable)
+  params = optim.join(optax.apply_updates(trainable, updates), frozen)
   metrics = {"loss": loss, "tokens": aux["tokens"], "grad_norm": optax.global_norm(grads),
              "learning_rate": schedule(state.step)}
   if cfg.method == "cc":
@@ -170,12 +181,15 @@ def eval_step(params, batch, *, model: Llama, cfg: StepConfig) -> dict:
 
 
 def init_train_state(rng, model_params_tree, *, model: Llama, tx, cfg: StepConfig) -> TrainState:
-  """A fresh TrainState around given (boxed or plain) model params; adds the Decision Maker."""
+  """A fresh TrainState around given (boxed or plain) model params; adds the Decision Maker.
+  Frozen params are held in the compute dtype: they need no float32 master copy."""
   params = dict(model_params_tree)
   if cfg.method == "cc":
     params[connection.PARAM_NAME] = connection.init_decision_maker(
         rng, model.cfg.hidden_size, model.cfg.num_layers, model.cfg.jnp_param_dtype)
-  return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+  trainable, frozen = optim.split_trainable(params, cfg.trainable)
+  frozen = jax.tree.map(lambda x: x.astype(model.cfg.jnp_dtype), frozen)
+  return TrainState(jnp.zeros((), jnp.int32), optim.join(trainable, frozen), tx.init(trainable))
 
 
 def jit_train_step(model: Llama, tx, schedule, cfg: StepConfig, mesh, state_shardings):

@@ -109,7 +109,7 @@ def unknown_overrides(argv: list[str], config: ConfigDict) -> list[str]:
 
 # What a run was trained with that a resume, its matrix and its evaluation must agree on.
 RUN_KEYS = ("model.path", "model.tokenizer", "cc.method", "cc.inject_layer", "cc.anchor", "data.chat_template",
-            "data.fallback_template", "optim.trainable")
+            "data.fallback_template", "optim.trainable", "lora.rank", "lora.alpha", "lora.targets")
 
 
 class RunMismatchError(errors.RunStopped):
@@ -123,7 +123,7 @@ def _lookup(tree, dotted: str):
 
 
 def _same(key: str, ours, theirs) -> bool:
-  if ours == theirs:
+  if ours == theirs or (isinstance(ours, (list, tuple)) and list(ours) == theirs):  # run.json holds lists
     return True
   paths = key in ("model.path", "model.tokenizer") and ours and theirs and "://" not in f"{ours}{theirs}"
   return bool(paths) and os.path.exists(ours) and os.path.exists(theirs) and os.path.samefile(ours, theirs)

@@ -108,9 +108,15 @@ def get_config() -> config_dict.ConfigDict:
   c.optim.b2 = 0.999  # Adam beta2
   c.optim.eps = 1e-8  # Adam epsilon
   c.optim.grad_clip_norm = 1.0  # global-norm clipping; <= 0 disables
-  c.optim.trainable = "all"  # all (full fine-tuning, paper) | decision_maker
+  c.optim.trainable = "all"  # all (full fine-tuning, paper) | decision_maker | lora (what lora.rank > 0 trains)
   c.optim.grad_accum_steps = 1  # microbatches per optimizer step (batch_size must divide)
   c.optim.max_steps = 0  # stop after this many steps; 0 = num_epochs worth
+
+  c.lora = config_dict.ConfigDict()  # LoRA adapters (cc_jax/lora.py): base frozen, Decision Maker trained in full
+  c.lora.rank = 0  # 0 = full fine-tuning (the paper); e.g. 8 or 16
+  c.lora.alpha = 0.0  # adapter scale = alpha / rank; 0 = 2 x rank (LLaMA-Factory's default)
+  c.lora.targets = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # PEFT's
+  c.lora.dropout = 0.0  # only 0 is implemented
 
   c.mesh = config_dict.ConfigDict()
   c.mesh.data = 1  # pure data parallelism (model replicated); one axis may be -1 (the rest)

@@ -2,7 +2,8 @@
 authors' layout (all six benchmarks and their languages), generated as `task=eval` does, at
 batch 1 and at larger batches, side by side in one run.
 
-  python launch/bench_eval.py --source=../shared/eval-sample          # 60 prompts, 52-4466 tokens
+  python launch/bench_eval.py --source=../shared/eval-sample          # 360 prompts, 51-5004 tokens
+  python launch/bench_eval.py --source=../shared/eval-sample --limit=1 --batch_sizes=8  # 60 of them (docs)
   python launch/bench_eval.py --source=/data/benchmarks --limit=10 --batch_sizes=16,32 --out=
 
 Each pass runs `evaluate.Generator` in plain mode (chat template, the prompts' shared opening

@@ -1,5 +1,6 @@
 """Seeded tiny transformers models of every supported family, the tests' reference."""
 
+import contextlib
 import pathlib
 
 import numpy as np
@@ -61,7 +62,7 @@ def hf_forward(hf_model, tokens, mask, positions, **kwargs):
 
 
 def torch_cc_loss_and_backward(hf_model, decision_maker, t: dict, noise_BL=None, temperature: float = 1.0,
-                               inject_layer: int = 0):
+                               inject_layer: int = 0, english_no_grad: bool = False):
   """docs/method.md §2 written directly on transformers with forward hooks (the authors'
   procedure): English pass -> Decision Maker -> straight-through selection -> the chosen vector
   added to layer `inject_layer`'s MLP output at the anchor -> mean token cross-entropy; then
@@ -75,6 +76,8 @@ def torch_cc_loss_and_backward(hf_model, decision_maker, t: dict, noise_BL=None,
     noise_BL: Gumbel noise to add to the scores; None draws it with torch's gumbel_softmax.
     temperature: selection temperature.
     inject_layer: the layer whose MLP output receives the vector.
+    english_no_grad: run the English pass under torch.no_grad (what reentrant checkpointing
+      amounts to for it), for models that cannot checkpoint that way (PEFT's frozen base).
   """
   import torch.nn.functional as F
   layers = hf_model.model.layers
@@ -83,8 +86,9 @@ def torch_cc_loss_and_backward(hf_model, decision_maker, t: dict, noise_BL=None,
   hooks = [layer.mlp.register_forward_hook(lambda m, i, out: captured.append(out[rows, t["en_anchor"]]))
            for layer in layers]
   try:
-    hf_model.model(input_ids=t["en_input_ids"], attention_mask=t["en_attention_mask"],
-                   position_ids=t["en_positions"])  # English pass: no LM head, no explicit detach
+    with torch.no_grad() if english_no_grad else contextlib.nullcontext():
+      hf_model.model(input_ids=t["en_input_ids"], attention_mask=t["en_attention_mask"],
+                     position_ids=t["en_positions"])  # English pass: no LM head, no explicit detach
   finally:
     for h in hooks:
       h.remove()

@@ -1,0 +1,140 @@
+"""LoRA adapters (Hu et al., 2021) as PEFT defines them, for parameter-efficient CC-Tuning.
+
+A target projection y = x W (+ b) becomes y = x W (+ b) + (alpha / r) (x A) B, with A
+(in, r) drawn as PEFT draws lora_A and B (r, out) zero, so an adapted model starts equal to
+its base. The base weights are frozen; the adapters and the Decision Maker are trained.
+
+Why not qwix (the LoRA library of Tunix and MaxText): cc_jax's projections are its own
+`model.Projection` (a kernel at its final rank with logical axes, cast to the compute dtype
+while sharded), so two parameters inside it keep the scanned layer stack, the logical axis
+rules and the exact-zero start without intercepting Flax modules from outside.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+ADAPTER_PARAMS = ("lora_a", "lora_b")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraConfig:
+  """Attributes mirror `config.lora` (configs/base.py)."""
+  rank: int
+  alpha: float = 0.0  # 0 = 2 x rank (LLaMA-Factory's default)
+  targets: tuple[str, ...] = TARGETS  # PEFT's target_modules, among TARGETS
+  dropout: float = 0.0
+
+  def __post_init__(self):
+    if self.rank < 1:
+      raise ValueError(f"lora.rank={self.rank} must be >= 1 (0 turns LoRA off)")
+    unknown = [t for t in self.targets if t not in TARGETS]
+    if unknown or not self.targets:
+      raise ValueError(f"lora.targets={self.targets}: expected some of {TARGETS}")
+    if self.dropout:
+      raise ValueError(f"lora.dropout={self.dropout}: dropout on the adapters' input is not implemented; use 0")
+
+  @property
+  def scale(self) -> float:
+    return (self.alpha or 2 * self.rank) / self.rank
+
+  @classmethod
+  def from_config(cls, cfg) -> "LoraConfig | None":
+    """None when `cfg` (config.lora) is absent or its rank is 0 (full fine-tuning)."""
+    if cfg is None or not cfg.rank:
+      return None
+    return cls(rank=cfg.rank, alpha=float(cfg.alpha), targets=tuple(cfg.targets), dropout=float(cfg.dropout))
+
+
+def is_adapter(path) -> bool:
+  """Whether a params-tree path (of DictKeys) ends at a LoRA adapter."""
+  keys = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
+  return bool(keys) and keys[-1] in ADAPTER_PARAMS
+
+
+def merged(params: Mapping[str, Any], lora: LoraConfig) -> dict:
+  """The params with every adapter folded into its kernel, W + scale A B, and removed: what a
+  model without LoRA computes the same logits with."""
+  def walk(tree):
+    if not isinstance(tree, Mapping):
+      return tree
+    out = {k: walk(v) for k, v in tree.items() if k not in ADAPTER_PARAMS}
+    if "lora_a" in tree:
+      a, b, kernel = (np.asarray(jax.device_get(tree[k]), np.float32) for k in ("lora_a", "lora_b", "kernel"))
+      out["kernel"] = (kernel + lora.scale * adapter_product(a, b, kernel.shape)).astype(tree["kernel"].dtype)
+    return out
+  return walk(dict(params))
+
+
+def adapter_product(a, b, kernel_shape):
+  """A B in the kernel's shape, for A (lead..., in dims..., r) and B (lead..., r, out dims...),
+  `lead` being the scanned layer axis if any."""
+  lead = a.ndim + b.ndim - 2 - len(kernel_shape)
+  r = a.shape[-1]
+  flat = a.reshape(a.shape[:lead] + (-1, r)) @ b.reshape(b.shape[:lead] + (r, -1))
+  return flat.reshape(kernel_shape)
+
+
+# --- PEFT's adapter format --------------------------------------------------------------------
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+DECISION_MAKER_WEIGHTS = "decision_maker.safetensors"  # model.source_select.weight, beside the adapter
+MODULES = tuple(("self_attn", t) for t in TARGETS[:4]) + tuple(("mlp", t) for t in TARGETS[4:])  # transformers' paths
+
+
+def _layers(params: Mapping, num_layers: int) -> list[Mapping]:
+  """Each layer's params, from a scanned (`layers`, leading L axis) or unrolled tree."""
+  if "layers" in params:
+    stacked = jax.device_get(params["layers"])
+    return [jax.tree.map(lambda x, i=i: np.asarray(x)[i], stacked) for i in range(num_layers)]
+  return [jax.device_get(params[f"layers_{i}"]) for i in range(num_layers)]
+
+
+def peft_tensors(params: Mapping, num_layers: int, dtype=np.float32):
+  """Yields (PEFT name, tensor) of every adapter: lora_A.weight (r, in), lora_B.weight (out, r)
+  of the transformers module, in PEFT's `base_model.model.` namespace."""
+  for i, layer in enumerate(_layers(params, num_layers)):
+    for block, name in MODULES:
+      node = layer[block].get(name, {})  # the grads of only the trainable params lack the others
+      if "lora_a" not in node:
+        continue
+      a, b = np.asarray(node["lora_a"], np.float32), np.asarray(node["lora_b"], np.float32)
+      r = a.shape[-1]
+      prefix = f"base_model.model.model.layers.{i}.{block}.{name}"
+      yield f"{prefix}.lora_A.weight", np.ascontiguousarray(a.reshape(-1, r).T.astype(dtype))
+      yield f"{prefix}.lora_B.weight", np.ascontiguousarray(b.reshape(r, -1).T.astype(dtype))
+
+
+def peft_config(lora: LoraConfig, base_model: str = "") -> dict:
+  """adapter_config.json: the fields PEFT's LoraConfig reads (the rest take PEFT's defaults)."""
+  return {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model or None,
+          "r": lora.rank, "lora_alpha": lora.alpha or 2 * lora.rank, "lora_dropout": lora.dropout,
+          "target_modules": sorted(lora.targets), "bias": "none", "fan_in_fan_out": False, "use_rslora": False,
+          "modules_to_save": None, "inference_mode": True}
+
+
+def export_peft(lora: LoraConfig, params: Mapping, num_layers: int, out_dir, *, base_model: str = "",
+                dtype: str = "float32", overwrite: bool = False):
+  """Writes a PEFT adapter directory that `peft.PeftModel.from_pretrained` loads onto the base
+  model, and the Decision Maker (if any) beside it in decision_maker.safetensors. PEFT's own
+  file holds only adapters: PEFT would report any other tensor as an unexpected key."""
+  import json
+  import pathlib
+
+  from safetensors.numpy import save_file
+
+  from cc_jax import convert
+  dtype_ = convert.DTYPES[dtype]
+  with convert.atomic_dir(pathlib.Path(out_dir), overwrite) as tmp:
+    (tmp / ADAPTER_CONFIG).write_text(json.dumps(peft_config(lora, base_model), indent=2))
+    save_file(dict(peft_tensors(params, num_layers, dtype_)), str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+    if "source_select" in params:
+      kernel = np.asarray(jax.device_get(params["source_select"]["kernel"]), np.float32)
+      save_file({convert.SOURCE_SELECT: np.ascontiguousarray(kernel.T.astype(dtype_))},
+                str(tmp / DECISION_MAKER_WEIGHTS), metadata={"format": "pt"})
+  return pathlib.Path(out_dir)

@@ -1,0 +1,166 @@
+"""LoRA: an adapted model with B = 0 computes its base model's logits exactly; trained adapters
+exported in PEFT's format give, loaded by PEFT onto transformers' model, the logits cc_jax
+computes (and so does the merged export); training updates only the adapters and the
+Decision Maker; the CC loss and its gradients match PEFT's LoRA on transformers with the CC hooks."""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import numpy as np
+import peft
+import pytest
+import safetensors.numpy
+import torch
+import transformers
+
+from cc_jax import connection, convert, lora, model as M, optim, train
+from tests import hf_reference as ref
+from tests.test_train import relative_error, synthetic_batch
+
+RANK = 4
+TARGETS = ("q_proj", "v_proj", "o_proj", "up_proj", "down_proj")  # a subset: the others stay plain
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+  """(hf model, its HF directory, cc_jax config, params) of a tiny Llama with biases everywhere."""
+  tmp = tmp_path_factory.mktemp("lora")
+  hf_model = ref.make_hf_model("llama_attention_bias")
+  cc_dir = ref.convert_hf_model(hf_model, tmp)
+  return hf_model, tmp / "hf", convert.load_config(cc_dir), convert.load_params(cc_dir)
+
+
+def adapted(cfg, params, scanned=True, seed=0, b_scale=0.0, alpha=16.0):
+  """(LoRA model, base params + adapters): A drawn by the model's init; B zero, or random x b_scale."""
+  cfg = dataclasses.replace(cfg, lora=lora.LoraConfig(rank=RANK, alpha=alpha, targets=TARGETS), scan_layers=scanned)
+  model = M.Llama(cfg)
+  dummy = np.zeros((1, 4), np.int32)
+  init = nn.unbox(model.init(jax.random.key(seed), dummy, dummy, dummy + 1)["params"])
+  adapters, _ = optim.split_trainable(init, "lora")
+  rng = np.random.default_rng(seed)
+  adapters = jax.tree_util.tree_map_with_path(
+      lambda path, x: x + b_scale * rng.normal(0, 1, x.shape).astype(x.dtype)
+      if path[-1].key == "lora_b" else x, adapters)
+  base_params = params if scanned else M.unstack_layers(params, cfg.num_layers)
+  return model, optim.join(adapters, base_params)
+
+
+def logits(model, params, tokens, mask, positions):
+  return np.asarray(model.apply({"params": params}, tokens, positions, mask).logits_BTV)
+
+
+@pytest.mark.parametrize("scanned", [True, False])
+def test_zero_b_gives_the_base_logits_exactly(base, scanned):
+  _, _, cfg, params = base
+  tokens, mask, positions = ref.mixed_batch(cfg.vocab_size)
+  model, with_adapters = adapted(cfg, params, scanned)
+  assert sum(1 for p, _ in jax.tree_util.tree_flatten_with_path(with_adapters)[0] if lora.is_adapter(p)) == 2 * len(
+      TARGETS) * (1 if scanned else cfg.num_layers)
+  plain = M.Llama(dataclasses.replace(cfg, scan_layers=scanned))
+  plain_params = params if scanned else M.unstack_layers(params, cfg.num_layers)
+  np.testing.assert_array_equal(logits(model, with_adapters, tokens, mask, positions),
+                                logits(plain, plain_params, tokens, mask, positions))
+
+
+def peft_model(hf_dir, adapter_dir, trainable=False):
+  hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+  return peft.PeftModel.from_pretrained(hf, adapter_dir, is_trainable=trainable).eval()
+
+
+@pytest.mark.parametrize("scanned", [True, False])
+def test_peft_loads_the_exported_adapter_with_the_same_logits_and_the_merged_export_too(base, tmp_path, scanned):
+  _, hf_dir, cfg, params = base
+  model, trained = adapted(cfg, params, scanned, b_scale=0.05)
+  trained[connection.PARAM_NAME] = {"kernel": np.ones((cfg.hidden_size, cfg.num_layers), np.float32)}
+  tokens, mask, positions = ref.mixed_batch(cfg.vocab_size)
+  ours = logits(model, trained, tokens, mask, positions)
+  assert np.abs(ours - logits(M.Llama(cfg), params, tokens, mask, positions)).max() > 1e-2, "B must matter"
+
+  lora.export_peft(model.cfg.lora, trained, cfg.num_layers, tmp_path / "adapter", base_model=str(hf_dir))
+  theirs = peft_model(hf_dir, tmp_path / "adapter")
+  with torch.no_grad():
+    peft_logits = ref.hf_forward(theirs, tokens, mask, positions).logits.numpy()
+  real = mask.astype(bool)  # padding positions are not compared (their outputs are arbitrary)
+  np.testing.assert_allclose(peft_logits[real], ours[real], atol=1e-4, rtol=0)
+  dm = safetensors.numpy.load_file(tmp_path / "adapter" / lora.DECISION_MAKER_WEIGHTS)
+  np.testing.assert_array_equal(dm[convert.SOURCE_SELECT], np.ones((cfg.num_layers, cfg.hidden_size)))
+
+  plain_cfg = dataclasses.replace(model.cfg, lora=None)
+  merged_params = lora.merged(trained, model.cfg.lora)
+  if not scanned:
+    merged_params = M.stack_layers(merged_params, cfg.num_layers)
+  convert.export_hf(plain_cfg, merged_params, tmp_path / "merged")
+  merged = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float32).eval()
+  with torch.no_grad():
+    merged_logits = ref.hf_forward(merged, tokens, mask, positions).logits.numpy()
+  np.testing.assert_allclose(merged_logits[real], ours[real], atol=1e-4, rtol=0)
+
+
+def test_training_updates_only_the_adapters_and_the_decision_maker(base):
+  """Two CC steps: the frozen weights are bit-identical, every adapter B and the Decision Maker
+  moved, and the optimizer holds state for those alone."""
+  _, _, cfg, params = base
+  model, start = adapted(cfg, params)
+  step_cfg = train.StepConfig(method="cc", trainable="lora")
+  tx, schedule = optim.make_optimizer(optim.OptimConfig(learning_rate=1e-2, warmup_ratio=0.0), 10)
+  state = nn.unbox(train.init_train_state(jax.random.key(1), start, model=model, tx=tx, cfg=step_cfg))
+  before = jax.device_get(state.params)
+  step = jax.jit(lambda s, b, r: train.train_step(s, b, r, model=model, tx=tx, schedule=schedule, cfg=step_cfg))
+  for i in range(2):
+    state, metrics = step(state, synthetic_batch(cfg.vocab_size, seed=i), jax.random.key(2))
+  after = jax.device_get(state.params)
+  trained_keys = 0
+  for (path, old), new in zip(jax.tree_util.tree_flatten_with_path(before)[0], jax.tree.leaves(after)):
+    keys = tuple(k.key for k in path)
+    if optim.is_trainable(keys, "lora"):
+      trained_keys += 1
+      if keys[-1] != "lora_a":  # A moves too, but B started at 0 and must have left it
+        assert np.abs(np.asarray(new) - np.asarray(old)).max() > 0, keys
+    else:
+      assert np.asarray(new).tobytes() == np.asarray(old).tobytes(), f"{keys} is frozen but changed"
+  assert trained_keys == 2 * len(TARGETS) + 1
+  adam_state = [x for x in jax.tree.leaves(state.opt_state) if np.ndim(x) > 0]
+  assert len(adam_state) == 2 * trained_keys  # mu and nu of the trainable leaves only
+  assert np.isfinite(float(metrics["loss"]))
+
+
+@pytest.mark.parametrize("english_pass", ["no_grad", "plain_autograd"])
+def test_cc_loss_and_adapter_gradients_match_peft_lora_with_the_cc_hooks(base, tmp_path, english_pass):
+  """cc_jax's CC loss and gradients with LoRA against transformers + PEFT LoRA with the same
+  adapters and the CC hooks of the PyTorch reference (tests/hf_reference.py), with the English
+  pass detached (the authors' runs) and not; the full fine-tuning test's tolerances."""
+  _, hf_dir, cfg, params = base
+  model, trained = adapted(cfg, params, b_scale=0.05)
+  dm = np.random.default_rng(3).normal(0, 0.5, (cfg.hidden_size, cfg.num_layers)).astype(np.float32)
+  trained[connection.PARAM_NAME] = {"kernel": dm}
+  batch = synthetic_batch(cfg.vocab_size)
+  noise = np.asarray(connection.gumbel_noise(jax.random.key(4), (batch["input_ids"].shape[0], cfg.num_layers)))
+  detached = english_pass == "no_grad"
+  step_cfg = train.StepConfig(method="cc", trainable="lora",
+                              connection=connection.ConnectionConfig(stop_english_grad=detached))
+  adapters, frozen = optim.split_trainable(trained, "lora")
+
+  def mean_loss(a):
+    loss_sum, aux = train.loss_fn(optim.join(a, frozen), batch, noise, model=model, cfg=step_cfg)
+    return loss_sum / aux["tokens"]
+  loss, grads = jax.value_and_grad(mean_loss)(adapters)
+
+  lora.export_peft(model.cfg.lora, trained, cfg.num_layers, tmp_path / "adapter")
+  theirs = peft_model(hf_dir, tmp_path / "adapter", trainable=True)
+  decision_maker = torch.nn.Linear(cfg.hidden_size, cfg.num_layers, bias=False)
+  with torch.no_grad():
+    decision_maker.weight.copy_(torch.from_numpy(dm.T))
+  t = {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
+  expected = ref.torch_cc_loss_and_backward(theirs.get_base_model(), decision_maker, t, noise,
+                                            english_no_grad=detached)
+  assert abs(float(loss) - expected.item()) / expected.item() <= 1e-5
+  torch_grads = {name.replace(".default", ""): p.grad.numpy() for name, p in theirs.named_parameters()
+                 if p.requires_grad}
+  ours = dict(lora.peft_tensors(grads, cfg.num_layers))
+  assert ours.keys() == torch_grads.keys() and len(ours) == 2 * len(TARGETS) * cfg.num_layers
+  for name, grad in torch_grads.items():
+    if name.endswith("lora_A.weight"):  # B = random: A's gradient is real too
+      assert np.abs(grad).max() > 1e-6, name
+    assert relative_error(ours[name], grad) <= 1e-4, name
+  assert relative_error(np.asarray(grads[connection.PARAM_NAME]["kernel"]).T, decision_maker.weight.grad.numpy()) <= 1e-4
