@@ -34,6 +34,7 @@ from safetensors.numpy import save_file
 
 from cc_jax import console
 from cc_jax.files import plain_file_mode
+from cc_jax.lora import LoraConfig
 from cc_jax.model import LlamaConfig, RopeScaling
 
 FORMAT_VERSION = 1

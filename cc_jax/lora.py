@@ -4,10 +4,10 @@ A target projection y = x W (+ b) becomes y = x W (+ b) + (alpha / r) (x A) B, w
 (in, r) drawn as PEFT draws lora_A and B (r, out) zero, so an adapted model starts equal to
 its base. The base weights are frozen; the adapters and the Decision Maker are trained.
 
-Why not qwix (the LoRA library of Tunix and MaxText): cc_jax's projections are its own
-`model.Projection` (a kernel at its final rank with logical axes, cast to the compute dtype
-while sharded), so two parameters inside it keep the scanned layer stack, the logical axis
-rules and the exact-zero start without intercepting Flax modules from outside.
+The adapters are two parameters of cc_jax's own `model.Projection` (a kernel at its final
+rank with logical axes, cast to the compute dtype while sharded), so they scan with the layer
+stack and shard by the same logical axis rules. qwix (the LoRA library of Tunix and MaxText),
+which intercepts Flax modules from outside, has not been measured against this yet.
 """
 
 from __future__ import annotations

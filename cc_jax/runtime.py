@@ -201,12 +201,22 @@ def load_model(config: ConfigDict, mesh: jax.sharding.Mesh | None = None) -> Tra
   return TrainedModel(config, model, params, load_tokenizer(config), str(directory), base=True)
 
 
-def export_run(workdir, out_dir, step: int | None = None, dtype: str | None = None) -> pathlib.Path:
-  """Exports a trained run (its checkpoint's params, with the Decision Maker) to transformers."""
+def export_run(workdir, out_dir, step: int | None = None, dtype: str | None = None,
+               peft: bool = False) -> pathlib.Path:
+  """Exports a trained run (its checkpoint's params, with the Decision Maker) to transformers:
+  a whole model (a LoRA run's adapters merged into its weights), or with `peft` a LoRA run's
+  adapters as a PEFT adapter directory for its base model."""
   trained = load_trained(workdir, step)
   base = model_dir(trained.train_config)
-  hf_config = convert.read_model_meta(base)["hf_config"] if base else None
   dtype = dtype or (convert.read_model_meta(base).get("source_dtype") if base else None)
-  return convert.export_hf(trained.model.cfg, jax.device_get(trained.params), out_dir, hf_config=hf_config,
-                           tokenizer=trained.tokenizer, dtype=dtype if dtype in convert.DTYPES else "float32",
+  dtype = dtype if dtype in convert.DTYPES else "float32"
+  cfg, params = trained.model.cfg, jax.device_get(trained.params)
+  if peft:
+    if cfg.lora is None:
+      raise ValueError(f"{workdir} is not a LoRA run (lora.rank=0): export the whole model, without --peft")
+    return lora.export_peft(cfg.lora, params, cfg.num_layers, out_dir, base_model=str(base or ""), dtype=dtype)
+  if cfg.lora is not None:
+    cfg, params = dataclasses.replace(cfg, lora=None), lora.merged(params, cfg.lora)
+  hf_config = convert.read_model_meta(base)["hf_config"] if base else None
+  return convert.export_hf(cfg, params, out_dir, hf_config=hf_config, tokenizer=trained.tokenizer, dtype=dtype,
                            chat_template=trained.train_config.data.chat_template or None)

@@ -10,6 +10,8 @@
   python launch/convert.py --from=cc_jax --src=/ckpt/llama3_8b --out=/export/llama3_8b
   # a trained run (latest checkpoint, with its Decision Maker) -> Hugging Face
   python launch/convert.py --from=run --src=/runs/llama3_8b_cc --out=/export/llama3_8b_cc
+  # a LoRA run -> a PEFT adapter directory for its base model (without --peft: merged weights)
+  python launch/convert.py --from=run --peft --src=/runs/llama3_8b_lora --out=/export/llama3_8b_lora_adapter
 """
 
 import pathlib
@@ -31,6 +33,7 @@ flags.DEFINE_bool("allow_pickle", False,
                   "Also read pytorch_model.bin pickles (they can run code; only for trusted files).")
 flags.DEFINE_float("shard_size_gb", 5.0, "Largest safetensors shard written by --from=cc_jax.")
 flags.DEFINE_integer("step", None, "With --from=run: the checkpoint step (default: the latest).")
+flags.DEFINE_bool("peft", False, "With --from=run of a LoRA run: write a PEFT adapter directory, not merged weights.")
 
 
 def main(argv):
@@ -45,7 +48,7 @@ def main(argv):
   elif source == "smollm2":
     out = convert.gguf_to_cc_jax(smollm2.fetch_gguf(), FLAGS.out, dtype=FLAGS.dtype or "float32")
   elif source == "run":
-    out = runtime.export_run(FLAGS.src, FLAGS.out, step=FLAGS.step, dtype=FLAGS.dtype)
+    out = runtime.export_run(FLAGS.src, FLAGS.out, step=FLAGS.step, dtype=FLAGS.dtype, peft=FLAGS.peft)
   else:
     out = convert.cc_jax_to_hf(FLAGS.src, FLAGS.out, dtype=FLAGS.dtype,
                                shard_bytes=int(FLAGS.shard_size_gb * (1 << 30)))

@@ -33,6 +33,14 @@ def smollm2_dir():
 
 
 @pytest.fixture(scope="session")
+def smol_tokenizer():
+  """SmolLM2's tokenizer as the cached conversion saved it (loads in a fraction of the GGUF time)."""
+  import transformers
+  from cc_jax import smollm2
+  return transformers.AutoTokenizer.from_pretrained(str(smollm2.converted_model_dir() / "tokenizer"))
+
+
+@pytest.fixture(scope="session")
 def smollm2_hf():
   """transformers' own float32 SmolLM2 model and tokenizer, from the same GGUF file."""
   import torch

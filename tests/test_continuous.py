@@ -7,13 +7,18 @@ import numpy as np
 import pytest
 
 from cc_jax import continuous, evaluate, generate, model as M
-from tests.test_evaluate import smol_tokenizer, tiny_trained  # noqa: F401 (a fixture)
-from tests.test_generate import prompts, tiny  # noqa: F401 (a fixture)
+from tests.test_evaluate import tiny_trained
+from tests.test_generate import prompts, tiny_cc_model
 from tests.test_loop import tiny_config
 
 NEW = 12
 LENGTHS = (9, 4, 13, 6, 3, 11, 7, 2, 12, 5, 10)
 WIDTH = 16  # every prompt left-padded to this (one bucket)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+  return tiny_cc_model(tmp_path_factory.mktemp("continuous"))
 
 
 def alone(run, model, params, item, eos, **kwargs):
@@ -130,7 +135,7 @@ def test_a_ring_longer_than_the_sliding_window_is_refused(tiny):
 
 
 @pytest.mark.parametrize("mode", ["plain", "identity"])
-def test_evaluation_predicts_the_text_of_static_batches_with_more_row_steps_busy(smol_tokenizer, mode):  # noqa: F811
+def test_evaluation_predicts_the_text_of_static_batches_with_more_row_steps_busy(smol_tokenizer, mode):
   """Prompts of three lengths (three rings) within a token budget: the same predictions as
   static batches, and decode busy at least as high."""
   trained = tiny_trained(tiny_config(), smol_tokenizer)

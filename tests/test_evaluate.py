@@ -34,12 +34,6 @@ def tiny_trained(config, tokenizer, seed=0):
   return runtime.TrainedModel(config, model, params, tokenizer, checkpoint="test")
 
 
-@pytest.fixture(scope="module")
-def smol_tokenizer():
-  from cc_jax import smollm2
-  return transformers.AutoTokenizer.from_pretrained(str(smollm2.converted_model_dir() / "tokenizer"))
-
-
 def test_long_prompts_are_not_cut_by_default_and_a_forced_cut_keeps_the_question(smol_tokenizer, tmp_path):
   config = tiny_config()
   trained = tiny_trained(config, smol_tokenizer)

@@ -21,12 +21,17 @@ def with_decision_maker(params, cfg, seed=0, scale=3.0):
   return {**params, connection.PARAM_NAME: {"kernel": kernel}}
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny_cc_model(tmp_dir):
+  """(transformers model, cc_jax config, params with a Decision Maker) of a tiny Qwen2."""
   hf_model = ref.make_hf_model("qwen2_bias")
-  cc_dir = ref.convert_hf_model(hf_model, tmp_path_factory.mktemp("gen"))
+  cc_dir = ref.convert_hf_model(hf_model, tmp_dir)
   cfg = convert.load_config(cc_dir)
   return hf_model, cfg, with_decision_maker(convert.load_params(cc_dir), cfg)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+  return tiny_cc_model(tmp_path_factory.mktemp("gen"))
 
 
 def prompts(vocab, lengths=(9, 4, 13, 6), seed=0):

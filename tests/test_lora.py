@@ -164,3 +164,41 @@ def test_cc_loss_and_adapter_gradients_match_peft_lora_with_the_cc_hooks(base, t
       assert np.abs(grad).max() > 1e-6, name
     assert relative_error(ours[name], grad) <= 1e-4, name
   assert relative_error(np.asarray(grads[connection.PARAM_NAME]["kernel"]).T, decision_maker.weight.grad.numpy()) <= 1e-4
+
+
+def test_a_lora_run_trains_resumes_fits_the_matrix_evaluates_and_exports(tmp_path):
+  """`--config.lora.rank=8` on configs/tiny.py through the CLI, as a user runs it."""
+  import json
+  import subprocess
+  import sys
+
+  from tests.test_loop import read_metrics
+  from tests.test_pipeline import REPO, cli, small_benchmark_dir
+  workdir, lora_flag = tmp_path / "run", "--config.lora.rank=8"
+  cli(workdir, lora_flag, "--config.optim.max_steps=2", "--config.ckpt.every_steps=2")
+  cli(workdir, lora_flag, "--config.optim.max_steps=3")
+  assert [m["step"] for m in read_metrics(workdir)] == [1, 2, 3]  # resumed at 2: step 3 alone ran again
+  assert (workdir / "checkpoints" / "3").exists()
+
+  done = subprocess.run([sys.executable, "-m", "cc_jax.main", "--config=configs/tiny.py", f"--workdir={workdir}",
+                         "--config.task=matrix", "--config.lora.rank=4"], cwd=REPO, capture_output=True, text=True,
+                        timeout=600)
+  assert done.returncode != 0 and "lora.rank: the run has 8, this command 4" in done.stderr, done.stderr[-2000:]
+
+  # matrix and eval read the run's settings (LoRA included) from its run.json
+  assert "Transform Matrix from 16 pairs" in cli(workdir, "--config.task=matrix", "--config.matrix.num_samples=16")
+  bench = small_benchmark_dir(tmp_path / "bench")
+  out = cli(workdir, "--config.task=eval", f"--config.eval.source={bench}",
+            "--config.eval.benchmarks=('XNLI',)", "--config.eval.max_new_tokens=4")
+  assert "predictions scored" in out
+
+  for peft, out_dir in ((True, tmp_path / "adapter"), (False, tmp_path / "merged")):
+    done = subprocess.run([sys.executable, "launch/convert.py", "--from=run", f"--src={workdir}", f"--out={out_dir}",
+                           f"--peft={peft}"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+  adapter = json.loads((tmp_path / "adapter" / lora.ADAPTER_CONFIG).read_text())
+  assert adapter["r"] == 8 and adapter["lora_alpha"] == 16 and len(adapter["target_modules"]) == 7
+  tensors = safetensors.numpy.load_file(tmp_path / "adapter" / lora.ADAPTER_WEIGHTS)
+  assert len(tensors) == 2 * 7 * 2 and all(".lora_" in name for name in tensors)
+  merged = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+  assert not any("lora" in name for name, _ in merged.named_parameters())
