@@ -83,7 +83,6 @@ def adapter_product(a, b, kernel_shape):
 # --- PEFT's adapter format --------------------------------------------------------------------
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-DECISION_MAKER_WEIGHTS = "decision_maker.safetensors"  # model.source_select.weight, beside the adapter
 MODULES = tuple(("self_attn", t) for t in TARGETS[:4]) + tuple(("mlp", t) for t in TARGETS[4:])  # transformers' paths
 
 
@@ -121,8 +120,9 @@ def peft_config(lora: LoraConfig, base_model: str = "") -> dict:
 def export_peft(lora: LoraConfig, params: Mapping, num_layers: int, out_dir, *, base_model: str = "",
                 dtype: str = "float32", overwrite: bool = False):
   """Writes a PEFT adapter directory that `peft.PeftModel.from_pretrained` loads onto the base
-  model, and the Decision Maker (if any) beside it in decision_maker.safetensors. PEFT's own
-  file holds only adapters: PEFT would report any other tensor as an unexpected key."""
+  model. The Decision Maker (if any) rides in the same file as `model.source_select.weight`,
+  outside PEFT's namespace: PEFT 0.21 skips it without a warning, cc_jax and the authors' code
+  read it."""
   import json
   import pathlib
 
@@ -130,11 +130,11 @@ def export_peft(lora: LoraConfig, params: Mapping, num_layers: int, out_dir, *, 
 
   from cc_jax import convert
   dtype_ = convert.DTYPES[dtype]
+  tensors = dict(peft_tensors(params, num_layers, dtype_))
+  if "source_select" in params:
+    kernel = np.asarray(jax.device_get(params["source_select"]["kernel"]), np.float32)
+    tensors[convert.SOURCE_SELECT] = np.ascontiguousarray(kernel.T.astype(dtype_))
   with convert.atomic_dir(pathlib.Path(out_dir), overwrite) as tmp:
     (tmp / ADAPTER_CONFIG).write_text(json.dumps(peft_config(lora, base_model), indent=2))
-    save_file(dict(peft_tensors(params, num_layers, dtype_)), str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
-    if "source_select" in params:
-      kernel = np.asarray(jax.device_get(params["source_select"]["kernel"]), np.float32)
-      save_file({convert.SOURCE_SELECT: np.ascontiguousarray(kernel.T.astype(dtype_))},
-                str(tmp / DECISION_MAKER_WEIGHTS), metadata={"format": "pt"})
+    save_file(tensors, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
   return pathlib.Path(out_dir)

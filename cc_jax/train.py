@@ -236,20 +236,30 @@ def create_sharded_state(rng, *, model: Llama, tx, cfg: StepConfig, mesh, rules,
     return state, shardings
   target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                         model_params(nn.unbox(abstract).params), model_params(shardings.params))
-  params = load_params(target)
+  # A pretrained model has no LoRA adapters: those come from init (the rest of init is dead code).
+  params = load_params(optim.split_trainable(target, "lora")[1] if model.cfg.lora else target)
+
+  def build(base, init_rng, dm_rng):
+    adapters = {}
+    if model.cfg.lora:
+      adapters = optim.split_trainable(nn.unbox(_init_params(model, init_rng)), "lora")[0]
+    return nn.unbox(init_train_state(dm_rng, optim.join(adapters, base), model=model, tx=tx, cfg=cfg))
+
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    state = jax.jit(lambda p, d: nn.unbox(init_train_state(d, p, model=model, tx=tx, cfg=cfg)),
-                    out_shardings=shardings)(params, dm_rng)
+    state = jax.jit(build, out_shardings=shardings)(params, init_rng, dm_rng)
   return state, shardings
+
+
+def _init_params(model: Llama, rng):
+  """The model's randomly initialised (boxed) params."""
+  dummy = jnp.zeros((1, 4), jnp.int32)
+  return model.init(rng, dummy, dummy, dummy + 1)["params"]
 
 
 def _state_init(*, model: Llama, tx, cfg: StepConfig, mesh, rules):
   """(init function, its boxed abstract output, the state's NamedShardings)."""
-  dummy = jnp.zeros((1, 4), jnp.int32)
-
   def init(init_rng, dm_rng):
-    boxed = model.init(init_rng, dummy, dummy, dummy + 1)["params"]
-    return init_train_state(dm_rng, boxed, model=model, tx=tx, cfg=cfg)
+    return init_train_state(dm_rng, _init_params(model, init_rng), model=model, tx=tx, cfg=cfg)
 
   key = jax.random.key(0)
   abstract = jax.eval_shape(init, key, key)

@@ -83,7 +83,7 @@ def test_peft_loads_the_exported_adapter_with_the_same_logits_and_the_merged_exp
     peft_logits = ref.hf_forward(theirs, tokens, mask, positions).logits.numpy()
   real = mask.astype(bool)  # padding positions are not compared (their outputs are arbitrary)
   np.testing.assert_allclose(peft_logits[real], ours[real], atol=1e-4, rtol=0)
-  dm = safetensors.numpy.load_file(tmp_path / "adapter" / lora.DECISION_MAKER_WEIGHTS)
+  dm = safetensors.numpy.load_file(tmp_path / "adapter" / lora.ADAPTER_WEIGHTS)
   np.testing.assert_array_equal(dm[convert.SOURCE_SELECT], np.ones((cfg.num_layers, cfg.hidden_size)))
 
   plain_cfg = dataclasses.replace(model.cfg, lora=None)
@@ -123,6 +123,21 @@ def test_training_updates_only_the_adapters_and_the_decision_maker(base):
   adam_state = [x for x in jax.tree.leaves(state.opt_state) if np.ndim(x) > 0]
   assert len(adam_state) == 2 * trained_keys  # mu and nu of the trainable leaves only
   assert np.isfinite(float(metrics["loss"]))
+
+
+def test_frozen_weights_are_held_in_the_compute_dtype_without_optimizer_state(base):
+  """bf16 compute, float32 master weights: the frozen base is stored in bf16 (half the bytes),
+  the adapters and the Decision Maker in float32 with Adam's two moments each."""
+  _, _, cfg, params = base
+  model, start = adapted(dataclasses.replace(cfg, dtype="bfloat16"), params)
+  tx, _ = optim.make_optimizer(optim.OptimConfig(), 10)
+  state = nn.unbox(train.init_train_state(jax.random.key(0), start, model=model, tx=tx,
+                                          cfg=train.StepConfig(method="cc", trainable="lora")))
+  trainable, frozen = optim.split_trainable(state.params, "lora")
+  assert {x.dtype for x in jax.tree.leaves(frozen)} == {jax.numpy.dtype("bfloat16")}
+  assert {x.dtype for x in jax.tree.leaves(trainable)} == {jax.numpy.dtype("float32")}
+  moments = [x for x in jax.tree.leaves(state.opt_state) if np.ndim(x) > 0]
+  assert sum(x.size for x in moments) == 2 * sum(x.size for x in jax.tree.leaves(trainable))
 
 
 @pytest.mark.parametrize("english_pass", ["no_grad", "plain_autograd"])
@@ -192,13 +207,14 @@ def test_a_lora_run_trains_resumes_fits_the_matrix_evaluates_and_exports(tmp_pat
             "--config.eval.benchmarks=('XNLI',)", "--config.eval.max_new_tokens=4")
   assert "predictions scored" in out
 
-  for peft, out_dir in ((True, tmp_path / "adapter"), (False, tmp_path / "merged")):
+  for as_adapter, out_dir in ((True, tmp_path / "adapter"), (False, tmp_path / "merged")):
     done = subprocess.run([sys.executable, "launch/convert.py", "--from=run", f"--src={workdir}", f"--out={out_dir}",
-                           f"--peft={peft}"], cwd=REPO, capture_output=True, text=True, timeout=600)
+                           f"--peft={as_adapter}"], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
   adapter = json.loads((tmp_path / "adapter" / lora.ADAPTER_CONFIG).read_text())
   assert adapter["r"] == 8 and adapter["lora_alpha"] == 16 and len(adapter["target_modules"]) == 7
   tensors = safetensors.numpy.load_file(tmp_path / "adapter" / lora.ADAPTER_WEIGHTS)
-  assert len(tensors) == 2 * 7 * 2 and all(".lora_" in name for name in tensors)
+  assert len(tensors) == 2 * 7 * 2 + 1 and sum(".lora_" in name for name in tensors) == 2 * 7 * 2
+  assert tensors[convert.SOURCE_SELECT].shape == (2, 64)  # the Decision Maker, (L, D)
   merged = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
   assert not any("lora" in name for name, _ in merged.named_parameters())
