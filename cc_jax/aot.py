@@ -86,10 +86,13 @@ def forward_flops(cfg, batch: int, length: int, head: bool = True) -> float:
 
 def train_flops(cfg, method: str, batch: int, T: int, T_en: int, english_grad: bool) -> float:
   """The non-English pass forward and backward; for cc also the English pass (no LM head), with
-  its backward only when gradients flow through it."""
-  flops = 3 * forward_flops(cfg, batch, T)
+  its backward only when gradients flow through it. A backward is twice a forward (activation
+  and weight gradients); with LoRA the frozen weights get no gradient, so once (the adapters'
+  own few FLOPs are left out)."""
+  backward = 1 if cfg.lora is not None else 2
+  flops = (1 + backward) * forward_flops(cfg, batch, T)
   if method == "cc":
-    flops += (3 if english_grad else 1) * forward_flops(cfg, batch, T_en, head=False)
+    flops += (1 + backward if english_grad else 1) * forward_flops(cfg, batch, T_en, head=False)
   return flops
 
 

@@ -124,6 +124,9 @@ def run_header(config, workdir: str) -> str:
   """A few lines saying what this invocation will do and where its outputs and full config go."""
   task = config.task
   method = "sft and cc" if task == "demo" else config.cc.method
+  lora = config.get("lora")
+  if lora is not None and lora.rank:
+    method += f", LoRA rank {lora.rank} on {', '.join(lora.targets)} (base frozen)"
   mesh = config.mesh
   steps = f"{config.optim.max_steps} steps" if config.optim.max_steps else f"{config.data.num_epochs} epochs"
   lines = [f"cc_jax {task}",

@@ -140,14 +140,14 @@ def load_torch_model():
 
 
 # --- cc_jax ------------------------------------------------------------------------------
-def jitted_step(name: str, cfg):
+def jitted_step(name: str, cfg, trainable: str = "all"):
   """The jitted (state-donating) train step of one variant, and its TrainState initialiser."""
   import flax.linen as nn
   import jax
   from cc_jax import connection, optim, train
   from cc_jax.model import Llama
   model = Llama(cfg)
-  step_cfg = train.StepConfig(method="sft" if name == "sft" else "cc",
+  step_cfg = train.StepConfig(method="sft" if name == "sft" else "cc", trainable=trainable,
                               connection=connection.ConnectionConfig(stop_english_grad=name == "cc_stop"))
   # Plain AdamW at a constant 1e-5, as the PyTorch reference steps (no warmup, no clipping).
   tx, schedule = optim.make_optimizer(
@@ -160,14 +160,14 @@ def jitted_step(name: str, cfg):
   return step, init
 
 
-def step_flops(name: str, cfg, params, batch) -> float:
+def step_flops(name: str, cfg, params, batch, trainable: str = "all") -> float:
   """XLA's FLOP count of one step, from the unrolled model: cost analysis counts a scanned
   loop body once, so the scanned step would hide the per-layer work. Nothing is compiled."""
   import dataclasses
   import jax
   from cc_jax.model import unstack_layers
   unrolled = dataclasses.replace(cfg, scan_layers=False)
-  step, init = jitted_step(name, unrolled)
+  step, init = jitted_step(name, unrolled, trainable)
   state = jax.eval_shape(lambda p: init(unstack_layers(p, cfg.num_layers)), params)
   return step.lower(state, batch, jax.random.key(1)).cost_analysis()["flops"]
 
@@ -175,11 +175,11 @@ def step_flops(name: str, cfg, params, batch) -> float:
 class JaxVariant:
   """One jitted, state-donating train step of one variant, compiled ahead of time."""
 
-  def __init__(self, name: str, cfg, params, batch):
+  def __init__(self, name: str, cfg, params, batch, trainable: str = "all"):
     import jax
     import jax.numpy as jnp
     self.name = name
-    step, init = jitted_step(name, cfg)
+    step, init = jitted_step(name, cfg, trainable)
     self.state = init(jax.tree.map(lambda x: jnp.array(x, copy=True), params))  # donated: one copy each
     self.batch, self.rng = batch, jax.random.key(1)
     start = time.perf_counter()
@@ -192,7 +192,7 @@ class JaxVariant:
         "temp": stats.temp_size_in_bytes,
         "argument": stats.argument_size_in_bytes,
     }
-    self.flops = step_flops(name, cfg, params, batch) if FLAGS.flops else None
+    self.flops = step_flops(name, cfg, params, batch, trainable) if FLAGS.flops else None
     self.wall, self.cpu = [], []
 
   def run(self) -> None:

@@ -38,6 +38,10 @@ def test_header_is_short_and_says_where_things_go():
   assert "cc.method" not in header and "arch:" not in header  # no YAML dump
   demo = console.run_header(demo_config.get_config(), "/tmp/demo")
   assert "sft and cc" in demo and "/tmp/demo/cc/run.json" in demo
+  assert "LoRA" not in header
+  config.lora.rank = 8
+  assert "  method:  cc, LoRA rank 8 on q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj (base frozen)" \
+      in console.run_header(config, "/runs/x").splitlines()
 
 
 def _record(name, level, msg, pathname="x.py"):
