@@ -45,7 +45,7 @@ class Slots:
 def fits(model: Llama, prompt_len: int, max_new_tokens: int, prefix: KVCache | None) -> bool:
   """Whether a ring for prompts of `prompt_len` tokens lies inside the model's sliding window."""
   window = model.cfg.sliding_window
-  return window is None or generate._prefix_len(prefix) + prompt_len + max_new_tokens <= window
+  return window is None or generate.prefix_len(prefix) + prompt_len + max_new_tokens <= window
 
 
 def _constrain_rows(mesh, slots: Slots) -> Slots:
@@ -66,7 +66,7 @@ def empty(model: Llama, prefix: KVCache | None = None, *, rows: int, prompt_len:
           mesh=None) -> Slots:
   """B = `rows` empty rows for prompts of at most `prompt_len` tokens (after the prefix)."""
   cache = generate.fresh_cache(model.cfg, rows, prompt_len + max_new_tokens, prefix)
-  cache = cache.replace(ring_start=generate._prefix_len(prefix))
+  cache = cache.replace(ring_start=generate.prefix_len(prefix))
   slots = Slots(cache, jnp.zeros((rows, model.cfg.vocab_size), jnp.float32), jnp.zeros((rows,), jnp.int32),
                 jnp.zeros((rows,), jnp.int32), jnp.ones((rows,), bool), jnp.zeros((rows, max_new_tokens), jnp.int32),
                 jnp.zeros((), jnp.int32))

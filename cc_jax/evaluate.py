@@ -160,8 +160,9 @@ class Generator:
   Every process runs the same batches; each batch's rows are split over the mesh's batch axes
   (all devices of all processes), so a prompt is generated once, and every process gets all
   the predictions back. `rows_generated` counts the prompts this process's devices generated;
-  `decode_steps` is (row-steps that produced a token of a real prompt, row-steps run): a row
-  that has ended waits, padding, for the batch's last one.
+  `decode_steps` is (row-steps that produced a token of a real prompt, row-steps run): in a
+  static batch a row that has ended waits, padding, for the batch's last one; with continuous
+  batching it waits at most until the end of the decode chunk, then takes the next prompt.
   """
 
   def __init__(self, trained: runtime.TrainedModel, options: EvalOptions, matrix=None):

@@ -110,7 +110,8 @@ def prefill_prefix(model: Llama, params, prefix_ids) -> KVCache:
   return out.cache
 
 
-def _prefix_len(prefix: KVCache | None) -> int:
+def prefix_len(prefix: KVCache | None) -> int:
+  """Slots a `prefill_prefix` cache holds (0 without one)."""
   return 0 if prefix is None else prefix.valid_BS.shape[1]
 
 
@@ -118,7 +119,7 @@ def fresh_cache(cfg, batch: int, length: int, prefix: KVCache | None) -> KVCache
   """A cache with `length` free slots, after the prefix's slots when there is a prefix."""
   if prefix is None:
     return KVCache.init(cfg, batch, length)
-  P = _prefix_len(prefix)
+  P = prefix_len(prefix)
   if cfg.sliding_window is not None and P + length > cfg.sliding_window:
     # The mask measures the window in cache slots, and a left-padded row's slots skip its
     # padding after the prefix: the window would shut out prefix keys too early.
@@ -134,7 +135,7 @@ def fresh_cache(cfg, batch: int, length: int, prefix: KVCache | None) -> KVCache
 
 def _positions(mask_BT, prefix: KVCache | None):
   """Rotary positions of the (rest of the) prompts: they count on from the prefix."""
-  return left_pad_positions(mask_BT) + _prefix_len(prefix)
+  return left_pad_positions(mask_BT) + prefix_len(prefix)
 
 
 def _prefill(model: Llama, params, tokens_BT, mask_BT, length: int, capture_at_B=None,

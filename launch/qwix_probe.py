@@ -263,6 +263,16 @@ def main():
   print(f"  qwix  : {mq}\n  cc_jax: {ml}\n  stacked base kernels {big_stacked} bytes; temp qwix - cc_jax = "
         f"{mq['temp'] - ml['temp']}")
 
+  section("4c. memory_analysis with remat_policy='full' and 'save_dots' (tiny size)")
+  for policy in ("full", "save_dots"):
+    rcfg = dataclasses.replace(cfg, remat_policy=policy)
+    rq = qwix.apply_lora_to_model(M.Llama(rcfg), qwix.LoraProvider(module_path=TARGET_RE, rank=RANK, alpha=ALPHA))
+    rl = M.Llama(dataclasses.replace(rcfg, lora=L.LoraConfig(rank=RANK, alpha=ALPHA)))
+    mq = mem(compile_step(rq, jax.eval_shape(lambda: rq.init(jax.random.key(0), *args))["params"], args)[1])
+    ml = mem(compile_step(rl, jax.eval_shape(lambda: rl.init(jax.random.key(0), *args))["params"], args)[1])
+    print(f"  {policy:9s} qwix temp {mq['temp']:9d} argument {mq['argument']:9d} | cc_jax temp {ml['temp']:9d} "
+          f"argument {ml['argument']:9d} | gap {mq['temp'] - ml['temp']}")
+
   section("5. logical sharding of qwix's adapters under a (data=1, fsdp=2, tensor=2) CPU mesh")
   mesh = sh.make_mesh({"data": 1, "fsdp": 2, "tensor": 2})
   rules = sh.DEFAULT_RULES
@@ -273,7 +283,7 @@ def main():
     if is_adapter_key(k) and ("q_proj" in k or "o_proj" in k or "k_proj" in k):
       print(f"  {k:50s} {describe(flat(abstract)[k]):55s} -> {sflat[k].spec}")
   try:
-    with mesh, nn.logical_axis_rules(rules):
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
       init = jax.jit(lambda: nn.unbox(qmodel.init(jax.random.key(0), *args)["params"]),
                      out_shardings=nn.unbox(shardings))
       placed = init()
@@ -283,6 +293,12 @@ def main():
           f"{pflat[k].addressable_shards[0].data.shape}")
     diff = [k for k in pflat if not np.array_equal(np.asarray(pflat[k]), np.asarray(nn.unbox(q_flat[k])))]
     print("  leaves whose sharded jit-init values differ from the eager init:", diff)
+    b_abs = jax.eval_shape(lambda: base.init(jax.random.key(0), *args))["params"]
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+      b_placed = flat(jax.jit(lambda: nn.unbox(base.init(jax.random.key(0), *args)["params"]),
+                              out_shardings=nn.unbox(sh.logical_shardings(b_abs, mesh, rules)))())
+    print("  control, plain model without qwix, same comparison:",
+          [k for k in b_placed if not np.array_equal(np.asarray(b_placed[k]), np.asarray(nn.unbox(base_flat[k])))])
   except Exception:
     traceback.print_exc()
 
@@ -302,19 +318,23 @@ def main():
   except Exception:
     traceback.print_exc()
 
-  section("6b. bf16 compute (dtype=bfloat16, param_dtype=float32), scanned")
-  bcfg = dataclasses.replace(cfg, dtype="bfloat16")
-  try:
-    bq = qwix.apply_lora_to_model(M.Llama(bcfg), qwix.LoraProvider(module_path=TARGET_RE, rank=RANK, alpha=ALPHA))
-    b_vars = bq.init(jax.random.key(0), *args)
-    out = bq.apply(b_vars, *args)
-    bb = M.Llama(bcfg).apply({"params": unflat({k: v for k, v in flat(nn.unbox(b_vars["params"])).items()
-                                                if not is_adapter_key(k)})}, *args)
-    print("  ok; hidden dtype", out.hidden_BTD.dtype, "(base:", bb.hidden_BTD.dtype, ")",
-          "init logits equal base:", bool(jnp.array_equal(out.logits_BTV, bb.logits_BTV)),
-          "max|diff|", float(jnp.max(jnp.abs(out.logits_BTV - bb.logits_BTV))))
-  except Exception as e:
-    print("  FAILED:", type(e).__name__, "\n   ", "\n    ".join(str(e).splitlines()[:6])[:1500])
+  for name, over in (("6b. bf16 compute, f32 params, scanned", dict(dtype="bfloat16")),
+                     ("6c. bf16 compute, f32 params, unrolled", dict(dtype="bfloat16", scan_layers=False)),
+                     ("6d. bf16 compute, bf16 params, scanned", dict(dtype="bfloat16", param_dtype="bfloat16"))):
+    section(name)
+    bcfg = dataclasses.replace(cfg, **over)
+    try:
+      bq = qwix.apply_lora_to_model(M.Llama(bcfg), qwix.LoraProvider(module_path=TARGET_RE, rank=RANK, alpha=ALPHA))
+      b_vars = bq.init(jax.random.key(0), *args)
+      out = bq.apply(b_vars, *args)
+      bb = M.Llama(bcfg).apply({"params": unflat({k: v for k, v in flat(nn.unbox(b_vars["params"])).items()
+                                                  if not is_adapter_key(k)})}, *args)
+      ad_dt = {str(nn.unbox(v).dtype) for k, v in flat(b_vars["params"]).items() if is_adapter_key(k)}
+      print("  ok; adapter dtypes", ad_dt, "hidden dtype", out.hidden_BTD.dtype, "(base:", bb.hidden_BTD.dtype, ")",
+            "init logits equal base:", bool(jnp.array_equal(out.logits_BTV, bb.logits_BTV)),
+            "max|diff|", float(jnp.max(jnp.abs(out.logits_BTV - bb.logits_BTV))))
+    except Exception as e:
+      print("  FAILED:", type(e).__name__, "\n   ", "\n    ".join(str(e).splitlines()[:6])[:1500])
 
 
 if __name__ == "__main__":
