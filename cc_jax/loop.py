@@ -15,7 +15,7 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from cc_jax import (batching, checkpoint, console, data, optim, runtime, sharding as sh, train, validate,
+from cc_jax import (batching, checkpoint, console, data, lora, optim, runtime, sharding as sh, train, validate,
                     workdir_lock)
 from cc_jax.connection import ConnectionConfig
 from cc_jax.model import Llama
@@ -184,6 +184,11 @@ def _train(config: ConfigDict, workdir: pathlib.Path) -> dict[str, Any]:
   else:
     state, shardings = train.create_sharded_state(rng, model=model, tx=tx, cfg=cfg, mesh=mesh, rules=rules,
                                                   load_params=runtime.params_loader(config))
+    if config.lora.init_from:  # continue from an exported adapter (its optimizer moments start at zero)
+      if model_cfg.lora is None:
+        raise ValueError(f"lora.init_from={config.lora.init_from}: set lora.rank (and alpha, targets) to the adapter's")
+      state = state.replace(params=lora.import_peft(config.lora.init_from, model_cfg.lora, state.params))
+      logging.info("LoRA adapters from %s", config.lora.init_from)
     if jax.process_index() == 0:
       base = runtime.model_dir(config)
       (workdir / RUN_FILE).write_text(json.dumps({

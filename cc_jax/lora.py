@@ -6,8 +6,18 @@ its base. The base weights are frozen; the adapters and the Decision Maker are t
 
 The adapters are two parameters of cc_jax's own `model.Projection` (a kernel at its final
 rank with logical axes, cast to the compute dtype while sharded), so they scan with the layer
-stack and shard by the same logical axis rules. qwix (the LoRA library of Tunix and MaxText),
-which intercepts Flax modules from outside, has not been measured against this yet.
+stack and shard by the same logical axis rules.
+
+Why not qwix (the LoRA library of Tunix and MaxText), measured with qwix 0.1.8 by
+launch/qwix_probe.py on CPU: it does find Projection's dot_general and, unlike MaxText's
+report, adds no copy of the stacked base under nn.scan (extra temporaries are adapter-sized;
+same memory as these adapters). But (1) initialising its adapters under cc_jax's mesh context
+(jax.set_mesh + logical axis rules, as train.py and aot.py do) fails: it boxes a rank-2 adapter
+with the 3-axis names of its kernel (qwix flax_util.py:395); (2) its adapters take the base's
+param dtype, so bf16 compute over float32 master weights promotes the projection output to
+float32 and the scanned decoder's carry no longer type-checks (unrolled, it runs in float32);
+(3) it flattens head axes (B of q_proj is (r, N*E)) and drops their logical names, draws A
+with he_uniform rather than as PEFT does, and names its params kernel_lora_a/kernel_lora_b.
 """
 
 from __future__ import annotations
@@ -138,3 +148,57 @@ def export_peft(lora: LoraConfig, params: Mapping, num_layers: int, out_dir, *, 
     (tmp / ADAPTER_CONFIG).write_text(json.dumps(peft_config(lora, base_model), indent=2))
     save_file(tensors, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
   return pathlib.Path(out_dir)
+
+
+def import_peft(adapter_dir, lora: LoraConfig, params: Mapping) -> dict:
+  """`params` (a LoRA model's, scanned or unrolled) with every adapter, and the Decision Maker if
+  the file has one, read from a PEFT adapter directory; each array keeps its sharding. The
+  adapter's rank, alpha and target modules must be the run's."""
+  import json
+  import pathlib
+
+  from flax import traverse_util
+  from safetensors.numpy import load_file
+
+  from cc_jax import convert
+  adapter_dir = pathlib.Path(adapter_dir)
+  config_file, weights_file = adapter_dir / ADAPTER_CONFIG, adapter_dir / ADAPTER_WEIGHTS
+  for f in (config_file, weights_file):
+    if not f.exists():
+      raise FileNotFoundError(f"lora.init_from: {f} does not exist (a PEFT adapter directory holds "
+                              f"{ADAPTER_CONFIG} and {ADAPTER_WEIGHTS})")
+  theirs, ours = json.loads(config_file.read_text()), peft_config(lora)
+  for key in ("r", "lora_alpha", "target_modules"):
+    value = sorted(theirs.get(key) or []) if key == "target_modules" else theirs.get(key)
+    if value != ours[key]:
+      raise ValueError(f"{config_file}: {key}={theirs.get(key)!r}, but this run's LoRA has {ours[key]!r} "
+                       "(set lora.rank, lora.alpha and lora.targets to the adapter's)")
+  tensors = load_file(str(weights_file))
+
+  def read(name: str) -> np.ndarray:
+    if name not in tensors:
+      raise ValueError(f"{weights_file}: no tensor {name}")
+    return tensors[name]
+
+  flat = traverse_util.flatten_dict(dict(params))
+  for keys, leaf in flat.items():
+    if keys[-1] not in ADAPTER_PARAMS:
+      continue
+    peft_name = "lora_A" if keys[-1] == "lora_a" else "lora_B"
+    block, name = keys[-3], keys[-2]
+    layers = range(leaf.shape[0]) if keys[0] == "layers" else [int(keys[0].removeprefix("layers_"))]
+    per_layer = []
+    for i in layers:
+      x = read(f"base_model.model.model.layers.{i}.{block}.{name}.{peft_name}.weight").T
+      shape = leaf.shape[1:] if keys[0] == "layers" else leaf.shape
+      if x.size != np.prod(shape):
+        raise ValueError(f"{weights_file}: {peft_name} of layer {i} {block}.{name} has {x.T.shape} values, "
+                         f"expected {shape}")
+      per_layer.append(x.reshape(shape))
+    value = np.stack(per_layer) if keys[0] == "layers" else per_layer[0]
+    flat[keys] = jax.device_put(value.astype(leaf.dtype), leaf.sharding)
+  if convert.SOURCE_SELECT in tensors and ("source_select", "kernel") in flat:
+    leaf = flat[("source_select", "kernel")]
+    flat[("source_select", "kernel")] = jax.device_put(tensors[convert.SOURCE_SELECT].T.astype(leaf.dtype),
+                                                       leaf.sharding)
+  return traverse_util.unflatten_dict(flat)

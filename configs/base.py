@@ -117,6 +117,7 @@ def get_config() -> config_dict.ConfigDict:
   c.lora.alpha = 0.0  # adapter scale = alpha / rank; 0 = 2 x rank (LLaMA-Factory's default)
   c.lora.targets = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # PEFT's
   c.lora.dropout = 0.0  # only 0 is implemented
+  c.lora.init_from = ""  # a PEFT adapter directory to start from (its adapters and Decision Maker); "" = fresh
 
   c.mesh = config_dict.ConfigDict()
   c.mesh.data = 1  # pure data parallelism (model replicated); one axis may be -1 (the rest)

@@ -8,11 +8,16 @@ against cc_jax's own LoRA (LlamaConfig.lora):
   3. logits at init vs the base model (exact), and with random B vs merged kernels W + s A B;
   4. a jitted loss+grad step w.r.t. the adapters only: compiled memory_analysis (argument, temp,
      output bytes) for qwix vs cc_jax LoRA vs no LoRA, gradients of B equal after reshaping
-     (qwix's A copied into cc_jax's), and HLO ops producing stacked-kernel-shaped arrays;
-  5. jit-init under a 4-device (1, 2, 2) CPU mesh with out_shardings from the boxes;
-  6. the same with scan_layers=False (control) and with bf16 compute.
+     (qwix's A copied into cc_jax's), and HLO ops producing stacked-kernel-shaped arrays; the same
+     memory at a 4x wider / 2x deeper size (4b) and with remat 'full' / 'save_dots' (4c);
+  5. the adapters' logical shardings, and jit-init with out_shardings on a (1, 2, 2) and a (1, 1, 1)
+     CPU mesh, both under cc_jax's context (jax.set_mesh + nn.logical_axis_rules) and under the rules
+     alone; a sharded loss+grad step compiled under jax.set_mesh;
+  6. scan_layers=False (control); bf16 compute with f32 params (scanned, unrolled), and bf16 params.
 
-Run (CPU): XLA_FLAGS=--xla_force_host_platform_device_count=4 nice -n 5 python launch/qwix_probe.py
+Needs qwix, which cc_jax does not depend on: pip install --no-deps qwix==0.1.8 (its declared
+requirements are cc_jax's own). Run (CPU, ~80 s): nice -n 5 python launch/qwix_probe.py
+The findings, and why cc_jax writes its adapters itself, are in cc_jax/lora.py's docstring.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import collections
+import contextlib
 import dataclasses
 import re
 import traceback
@@ -274,33 +280,56 @@ def main():
           f"argument {ml['argument']:9d} | gap {mq['temp'] - ml['temp']}")
 
   section("5. logical sharding of qwix's adapters under a (data=1, fsdp=2, tensor=2) CPU mesh")
-  mesh = sh.make_mesh({"data": 1, "fsdp": 2, "tensor": 2})
   rules = sh.DEFAULT_RULES
   abstract = jax.eval_shape(lambda: qmodel.init(jax.random.key(0), *args))["params"]
-  shardings = sh.logical_shardings(abstract, mesh, rules)
-  sflat = flat(shardings)
-  for k in sorted(sflat):
-    if is_adapter_key(k) and ("q_proj" in k or "o_proj" in k or "k_proj" in k):
-      print(f"  {k:50s} {describe(flat(abstract)[k]):55s} -> {sflat[k].spec}")
-  try:
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-      init = jax.jit(lambda: nn.unbox(qmodel.init(jax.random.key(0), *args)["params"]),
-                     out_shardings=nn.unbox(shardings))
-      placed = init()
-    pflat = flat(placed)
-    k = "layers/self_attn/q_proj/kernel_lora_b"
-    print(f"  jit init with out_shardings: ok; {k} sharding {pflat[k].sharding.spec}, shard shape "
-          f"{pflat[k].addressable_shards[0].data.shape}")
-    diff = [k for k in pflat if not np.array_equal(np.asarray(pflat[k]), np.asarray(nn.unbox(q_flat[k])))]
-    print("  leaves whose sharded jit-init values differ from the eager init:", diff)
-    b_abs = jax.eval_shape(lambda: base.init(jax.random.key(0), *args))["params"]
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-      b_placed = flat(jax.jit(lambda: nn.unbox(base.init(jax.random.key(0), *args)["params"]),
-                              out_shardings=nn.unbox(sh.logical_shardings(b_abs, mesh, rules)))())
-    print("  control, plain model without qwix, same comparison:",
-          [k for k in b_placed if not np.array_equal(np.asarray(b_placed[k]), np.asarray(nn.unbox(base_flat[k])))])
-  except Exception:
-    traceback.print_exc()
+  for mesh_shape in ({"data": 1, "fsdp": 2, "tensor": 2}, {"data": 1, "fsdp": 1, "tensor": 1}):
+    mesh = sh.make_mesh(mesh_shape, jax.devices()[:int(np.prod(list(mesh_shape.values())))])
+    shardings = sh.logical_shardings(abstract, mesh, rules)
+    sflat = flat(shardings)
+    print(f" mesh {dict(mesh.shape)}: logical_shardings of the boxes (eval_shape'd outside the mesh):")
+    for k in sorted(sflat):
+      if is_adapter_key(k) and ("q_proj" in k or "o_proj" in k or "k_proj" in k or "down_proj" in k):
+        print(f"  {k:50s} {describe(flat(abstract)[k]):55s} -> {sflat[k].spec}")
+    init = jax.jit(lambda: nn.unbox(qmodel.init(jax.random.key(0), *args)["params"]),
+                   out_shardings=nn.unbox(shardings))
+    for ctx_name, use_set_mesh in (("jax.set_mesh(mesh) + nn.logical_axis_rules (cc_jax train.py/aot.py)", True),
+                                   ("nn.logical_axis_rules only, no global mesh", False)):
+      try:
+        with (jax.set_mesh(mesh) if use_set_mesh else contextlib.nullcontext()), nn.logical_axis_rules(rules):
+          placed = jax.block_until_ready(init())
+        pflat = flat(placed)
+        k = "layers/self_attn/q_proj/kernel_lora_b"
+        diff = [k for k in pflat if is_adapter_key(k) and
+                not np.array_equal(np.asarray(pflat[k]), np.asarray(nn.unbox(q_flat[k])))]
+        print(f"  jit init with out_shardings under {ctx_name}: OK; {k} spec {pflat[k].sharding.spec} "
+              f"shard {pflat[k].addressable_shards[0].data.shape}; adapters differing from eager init: {diff}")
+      except Exception as e:
+        print(f"  jit init with out_shardings under {ctx_name}: FAILED {type(e).__name__}: "
+              f"{str(e).splitlines()[0][:300]}")
+        tb = traceback.extract_tb(e.__traceback__)
+        for fr in tb:
+          if "qwix" in fr.filename and ("flax_util" in fr.filename or "lora.py" in fr.filename):
+            print(f"    at {fr.filename.split('site-packages/')[-1]}:{fr.lineno} {fr.line}")
+    # the loss+grad step itself (params already exist: no init path) under cc_jax's context
+    try:
+      ad, fr = split(abstract)
+      ad_s = {k: v for k, v in flat(nn.unbox(shardings)).items() if k in ad}
+      fr_s = {k: v for k, v in flat(nn.unbox(shardings)).items() if k in fr}
+      fn = jax.jit(jax.value_and_grad(loss_fn(qmodel)), in_shardings=(ad_s, fr_s, None, None, None))
+      with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        comp = fn.lower(ad, fr, *args).compile()
+      fnl = jax.jit(jax.value_and_grad(loss_fn(lmodel)))
+      l_abs = jax.eval_shape(lambda: lmodel.init(jax.random.key(0), *args))["params"]
+      l_sh = flat(nn.unbox(sh.logical_shardings(l_abs, mesh, rules)))
+      adl, frl = split(l_abs)
+      fnl = jax.jit(jax.value_and_grad(loss_fn(lmodel)),
+                    in_shardings=({k: l_sh[k] for k in adl}, {k: l_sh[k] for k in frl}, None, None, None))
+      with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        compl = fnl.lower(adl, frl, *args).compile()
+      print(f"  sharded loss+grad step under jax.set_mesh: compiles; per-device memory qwix {mem(comp)} | "
+            f"cc_jax {mem(compl)}")
+    except Exception as e:
+      print(f"  sharded loss+grad step under jax.set_mesh: FAILED {type(e).__name__}: {str(e).splitlines()[0][:300]}")
 
   section("6a. control: scan_layers=False")
   ucfg = dataclasses.replace(cfg, scan_layers=False)

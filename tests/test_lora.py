@@ -218,3 +218,29 @@ def test_a_lora_run_trains_resumes_fits_the_matrix_evaluates_and_exports(tmp_pat
   assert tensors[convert.SOURCE_SELECT].shape == (2, 64)  # the Decision Maker, (L, D)
   merged = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
   assert not any("lora" in name for name, _ in merged.named_parameters())
+
+  # a new run continues from the exported adapter (its state sharded over the 8 test devices)
+  again = tmp_path / "again"
+  cli(again, lora_flag, f"--config.lora.init_from={tmp_path / 'adapter'}", "--config.optim.max_steps=1")
+  assert [m["step"] for m in read_metrics(again)] == [1]
+
+
+@pytest.mark.parametrize("scanned", [True, False])
+def test_an_exported_adapter_imports_back_exactly_and_a_mismatched_one_is_named(base, tmp_path, scanned):
+  _, _, cfg, params = base
+  model, trained = adapted(cfg, params, scanned, b_scale=0.05)
+  trained[connection.PARAM_NAME] = {"kernel": np.arange(cfg.hidden_size * cfg.num_layers, dtype=np.float32).reshape(
+      cfg.hidden_size, cfg.num_layers)}
+  lora.export_peft(model.cfg.lora, trained, cfg.num_layers, tmp_path / "adapter")
+  _, fresh = adapted(cfg, params, scanned, seed=1)
+  fresh[connection.PARAM_NAME] = {"kernel": np.zeros((cfg.hidden_size, cfg.num_layers), np.float32)}
+  fresh = jax.device_put(fresh)
+  imported = lora.import_peft(tmp_path / "adapter", model.cfg.lora, fresh)
+  for (path, want), got in zip(jax.tree_util.tree_flatten_with_path(trained)[0], jax.tree.leaves(imported)):
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want), err_msg=jax.tree_util.keystr(path))
+  other = dataclasses.replace(model.cfg.lora, rank=8)
+  with pytest.raises(ValueError, match=r"adapter_config.json: r=4, but this run's LoRA has 8"):
+    lora.import_peft(tmp_path / "adapter", other, fresh)
+  with pytest.raises(FileNotFoundError, match="adapter_model.safetensors does not exist"):
+    (tmp_path / "adapter" / lora.ADAPTER_WEIGHTS).unlink()
+    lora.import_peft(tmp_path / "adapter", model.cfg.lora, fresh)
