@@ -2,8 +2,8 @@
 
 A static batch decodes until its longest answer ends, and the rows that ended earlier wait as
 padding (`decode busy` in launch/bench_eval.py). Here each of the batch's rows holds one
-prompt at a time. Decoding runs `chunk` steps at a time; after each chunk the rows that ended
-take the next prompts, whose prefill runs on its own (plain or CC, `generate`'s prompt passes)
+prompt at a time. Decoding stops as soon as a row ends (or after `chunk` steps, to look); the
+rows that ended take the next prompts, whose prefill runs on its own (plain or CC, `generate`'s prompt passes)
 and whose keys and values are copied into the rows' slots just before the batch's shared
 write slot. That slot goes round a ring (`KVCache.ring_start`), so each row's slots always
 hold its prompt followed by its answer, wherever in the ring it started; a row spans at most
@@ -112,10 +112,11 @@ def admit(model: Llama, params, slots: Slots, rows_R, tokens_RT, mask_RT, matrix
   return _constrain_rows(mesh, slots)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "chunk", "sampling"), donate_argnames=("slots",))
-def decode_chunk(model: Llama, params, slots: Slots, eos_ids, rng=None, *, chunk: int,
+@functools.partial(jax.jit, static_argnames=("model", "sampling"), donate_argnames=("slots",))
+def decode_chunk(model: Llama, params, slots: Slots, eos_ids, limit, waiting, rng=None, *,
                  sampling: generate.Sampling = generate.Sampling()) -> tuple[Slots, jax.Array]:
-  """Up to `chunk` decode steps of every row, fewer once every row is done.
+  """Up to `limit` decode steps of every row: fewer once every row is done or, when prompts are
+  `waiting` for a row, once a row ends (so that it is refilled at once).
 
   Returns (slots, steps run). A done row keeps stepping (it is padding) but emits nothing.
   """
@@ -139,8 +140,14 @@ def decode_chunk(model: Llama, params, slots: Slots, eos_ids, rng=None, *, chunk
                             count_B=count_B, done_B=done_B, tokens_BN=jnp.where(at_BN, token_B[:, None], s.tokens_BN),
                             step=s.step + 1)
 
-  steps, slots = jax.lax.while_loop(lambda c: (c[0] < chunk) & ~jnp.all(c[1].done_B), body,
-                                    (jnp.zeros((), jnp.int32), slots))
+  done_at_start_B = slots.done_B
+
+  def more(carry):
+    i, s = carry
+    ended = jnp.any(s.done_B & ~done_at_start_B)
+    return (i < limit) & ~jnp.all(s.done_B) & ~(waiting & ended)
+
+  steps, slots = jax.lax.while_loop(more, body, (jnp.zeros((), jnp.int32), slots))
   return slots, steps
 
 
@@ -187,7 +194,10 @@ def run(model: Llama, params, items: list, admission, *, rows: int, prompt_len: 
       if inputs.get("english") is not None:
         inputs["english"] = tuple(sh.rows_to_devices(mesh, x) for x in inputs["english"])
       slots = admit(model, params, slots, jnp.asarray(rows_R, jnp.int32), prefix=prefix, mesh=mesh, **inputs)
-    slots, steps = decode_chunk(model, params, slots, eos_ids, chunk=chunk)
+    # With prompts waiting, stop as soon as a row ends (at most `chunk` steps between checks);
+    # with none, run until every row has ended.
+    limit = chunk if queue else max_new_tokens
+    slots, steps = decode_chunk(model, params, slots, eos_ids, jnp.int32(limit), jnp.bool_(bool(queue)))
     run_steps += rows * int(sh.to_host(steps))
     done, count, tokens = sh.to_host(slots.done_B), sh.to_host(slots.count_B), sh.to_host(slots.tokens_BN)
     for r, item in enumerate(held):

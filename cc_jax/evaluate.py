@@ -53,7 +53,7 @@ class EvalOptions:
   batch_size: int = 16
   max_batch_tokens: int = 16384  # most prompt tokens (rows x padded length) per batch; 0 = no limit
   continuous: bool = True  # a row whose answer ended takes the next prompt (cc_jax/continuous.py)
-  decode_chunk: int = 8  # continuous: decode steps between refills
+  decode_chunk: int = 8  # continuous: most decode steps between looks for ended rows
   max_new_tokens: int = 40  # the paper's
   max_prompt_len: int = 0  # 0 = the model's context less max_new_tokens; longer prompts lose their middle
   stop_strings: tuple[str, ...] = ()  # cut each prediction at the first of these

@@ -159,7 +159,7 @@ def get_config() -> config_dict.ConfigDict:
   # most prompt tokens (rows x padded length) per batch: long prompts go in fewer rows; 0 = no limit
   c.eval.max_batch_tokens = 16384
   c.eval.continuous = True  # a row whose answer ended takes the next prompt; False: static batches
-  c.eval.decode_chunk = 8  # continuous batching: decode steps between refills of ended rows
+  c.eval.decode_chunk = 8  # continuous batching: most decode steps between looks for ended rows
   c.eval.max_new_tokens = 40  # the paper's
   # 0 = the model's context less max_new_tokens (the authors never truncate); a longer prompt
   # loses the middle of its content and is counted in the results.

@@ -5,6 +5,8 @@ batch 1 and at larger batches, side by side in one run.
   python launch/bench_eval.py --source=../shared/eval-sample          # 360 prompts, 51-5004 tokens
   python launch/bench_eval.py --source=../shared/eval-sample --limit=1 --batch_sizes=8  # 60 of them (docs)
   python launch/bench_eval.py --source=/data/benchmarks --limit=10 --batch_sizes=16,32 --out=
+  python launch/bench_eval.py --source=../shared/eval-sample --benchmarks=XNLI,MKQA,XStoryCloze --limit=3 \
+      --batch_sizes=8 --section=bench_eval_short   # short prompts, many of each length
 
 Each pass runs `evaluate.Generator` in plain mode (chat template, the prompts' shared opening
 prefilled once, length buckets, batches sorted by length, greedy, 40 new tokens, stopping at the
@@ -32,6 +34,8 @@ from shared_machine import Quiet, timed_rounds, write_doc_section  # noqa: E402
 FLAGS = flags.FLAGS
 flags.DEFINE_string("source", None, "A benchmark root in the authors' layout (cc_jax/benchmarks.py).", required=True)
 flags.DEFINE_integer("limit", 0, "Prompts per benchmark and language; 0 = all.")
+flags.DEFINE_list("benchmarks", [], "Only these benchmarks (default: all six).")
+flags.DEFINE_string("section", "bench_eval", "Name of the docs section the results replace.")
 flags.DEFINE_list("batch_sizes", ["8", "16"], "Batch sizes timed beside batch 1, each with static and continuous "
                   "batching.")
 flags.DEFINE_integer("repeats", 1, "Timed passes per batch size.")
@@ -65,7 +69,8 @@ def main(argv):
       train_config=base.get_config(), model=Llama(convert.load_config(model_dir)),
       params=jax.device_put(convert.load_params(model_dir)),
       tokenizer=transformers.AutoTokenizer.from_pretrained(str(model_dir / "tokenizer")), checkpoint="")
-  examples = evaluate.load_examples(evaluate.EvalOptions(source=FLAGS.source, limit=FLAGS.limit))
+  chosen = dict(benchmarks=tuple(FLAGS.benchmarks)) if FLAGS.benchmarks else {}
+  examples = evaluate.load_examples(evaluate.EvalOptions(source=FLAGS.source, limit=FLAGS.limit, **chosen))
   sizes = [(1, "static")] + [(b, kind) for b in sorted({int(b) for b in FLAGS.batch_sizes} - {1})
                               for kind in ("static", "continuous")]
   generators = {(b, kind): evaluate.Generator(trained, evaluate.EvalOptions(
@@ -118,7 +123,7 @@ def main(argv):
       ""])
   print(text)
   if FLAGS.out:
-    write_doc_section(FLAGS.out, "bench_eval", f"{SECTION_HEAD}\n{text}")
+    write_doc_section(FLAGS.out, FLAGS.section, f"{SECTION_HEAD}\n{text}")
 
 
 if __name__ == "__main__":
