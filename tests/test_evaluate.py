@@ -210,10 +210,12 @@ def test_authors_anchor_in_evaluation_recomputes_from_the_role_word(monkeypatch)
   prompts = generator.encode(["Bonjour !", "你好，世界", "Wie spät ist es?\nBitte antworten."])
   assert [tokenizer.decode([p.ids[p.anchor]]) for p in prompts] == ["assistant"] * 3
   assert [p.anchor_offset for p in prompts] == [1, 1, 1]
-  cached = generator.run(prompts, "identity")
+  cached = generator.run(prompts, "identity")  # continuous batching: the anchor's columns recomputed at admission
   two_pass = functools.partial(evaluate.generate.cc_generate, reuse_cache=False)
   monkeypatch.setattr(evaluate.generate, "cc_generate", two_pass)
-  assert generator.run(prompts, "identity") == cached
+  static = evaluate.Generator(trained, evaluate.EvalOptions(source="t", batch_size=3, max_new_tokens=8,
+                                                            continuous=False))
+  assert static.run(prompts, "identity") == cached
 
 
 def test_decode_steps_count_the_row_steps_a_batch_waits_for_its_last_row(smol_tokenizer):
@@ -251,7 +253,7 @@ def test_long_prompts_go_in_smaller_batches_within_max_batch_tokens(smol_tokeniz
   shapes = []
   generate_batch = budgeted._generate
   monkeypatch.setattr(budgeted, "_generate",
-                      lambda tokens, *args: shapes.append(tokens.shape) or generate_batch(tokens, *args))
+                      lambda b, *args: shapes.append(b["tokens"].shape) or generate_batch(b, *args))
   assert budgeted.run(prompts, "plain") == one
   assert sorted(len(p.ids) for p in prompts)[-1] > 128 > sorted(len(p.ids) for p in prompts)[4]  # lengths vary
   for rows, length in shapes:
