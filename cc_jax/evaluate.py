@@ -264,7 +264,8 @@ class Generator:
   def _run_continuous(self, group: list[int], length: int, batch, prefix, mode: str, finish):
     """The prompts `group`, all of padded length `length`, in one continuously refilled batch."""
     trained, mesh = self.trained, self.mesh
-    rows = continuous.admission_size(len(group), self._rows_at(length), sh.batch_devices(mesh))
+    # No more rows than prompts (rounded to the devices): an empty row would idle throughout.
+    rows = min(self._rows_at(length), sh.round_up_batch(mesh, len(group)))
 
     def admission(items):
       b = batch(items)
