@@ -61,12 +61,6 @@ class LoraConfig:
     return cls(rank=cfg.rank, alpha=float(cfg.alpha), targets=tuple(cfg.targets), dropout=float(cfg.dropout))
 
 
-def is_adapter(path) -> bool:
-  """Whether a params-tree path (of DictKeys) ends at a LoRA adapter."""
-  keys = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
-  return bool(keys) and keys[-1] in ADAPTER_PARAMS
-
-
 def merged(params: Mapping[str, Any], lora: LoraConfig) -> dict:
   """The params with every adapter folded into its kernel, W + scale A B, and removed: what a
   model without LoRA computes the same logits with."""
@@ -93,7 +87,8 @@ def adapter_product(a, b, kernel_shape):
 # --- PEFT's adapter format --------------------------------------------------------------------
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-MODULES = tuple(("self_attn", t) for t in TARGETS[:4]) + tuple(("mlp", t) for t in TARGETS[4:])  # transformers' paths
+# Where each target sits in a transformers decoder layer.
+MODULES = tuple(("self_attn", t) for t in TARGETS[:4]) + tuple(("mlp", t) for t in TARGETS[4:])
 
 
 def _layers(params: Mapping, num_layers: int) -> list[Mapping]:

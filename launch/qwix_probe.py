@@ -237,7 +237,8 @@ def main():
   for name, m in (("qwix LoRA value_and_grad", m_q), ("cc_jax LoRA value_and_grad", m_l),
                   ("no LoRA, loss only", m_0)):
     print(f"  {name:28s} {m['argument']:10d} {m['output']:10d} {m['temp']:10d} {m['alias']:8d}")
-  stacked_bytes = sum(nn.unbox(v).nbytes for k, v in base_flat.items() if k.startswith("layers/") and k.endswith("kernel"))
+  stacked_bytes = sum(nn.unbox(v).nbytes for k, v in base_flat.items()
+                      if k.startswith("layers/") and k.endswith("kernel"))
   print(f"  (stacked base kernels: {stacked_bytes} bytes; temp qwix - cc_jax = {m_q['temp'] - m_l['temp']})")
   shapes = {"f32[" + ",".join(map(str, nn.unbox(v).shape)) + "]" for k, v in base_flat.items()
             if k.startswith("layers/") and k.endswith("kernel")}
@@ -265,7 +266,8 @@ def main():
   abs_l = jax.eval_shape(lambda: bl_.init(jax.random.key(0), *args))["params"]
   mq = mem(compile_step(bq_, abs_q, args)[1])
   ml = mem(compile_step(bl_, abs_l, args)[1])
-  big_stacked = sum(v.size * 4 for k, v in flat(nn.unbox(abs_l)).items() if k.startswith("layers/") and k.endswith("kernel"))
+  big_stacked = sum(v.size * 4 for k, v in flat(nn.unbox(abs_l)).items()
+                    if k.startswith("layers/") and k.endswith("kernel"))
   print(f"  qwix  : {mq}\n  cc_jax: {ml}\n  stacked base kernels {big_stacked} bytes; temp qwix - cc_jax = "
         f"{mq['temp'] - ml['temp']}")
 
@@ -343,7 +345,8 @@ def main():
     ubase = M.Llama(ucfg)
     u_base_params = unflat({k: v for k, v in flat(nn.unbox(u_vars["params"])).items() if not is_adapter_key(k)})
     print("  init logits equal base exactly:",
-          bool(jnp.array_equal(uq.apply(u_vars, *args).logits_BTV, ubase.apply({"params": u_base_params}, *args).logits_BTV)))
+          bool(jnp.array_equal(uq.apply(u_vars, *args).logits_BTV,
+                               ubase.apply({"params": u_base_params}, *args).logits_BTV)))
   except Exception:
     traceback.print_exc()
 
