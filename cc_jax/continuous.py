@@ -151,6 +151,23 @@ def decode_chunk(model: Llama, params, slots: Slots, eos_ids, limit, waiting, rn
   return slots, steps
 
 
+AUTO_PROMPTS_PER_ROW = 8  # eval.continuous=auto: batch continuously when every group has this many per row
+WIDEST = 2  # a length group's widest prompts are at most this many times its narrowest
+
+
+def length_groups(order: list, width) -> list[list]:
+  """Splits `order` (sorted by length) into groups that share one ring: each spans padded
+  widths within a factor WIDEST, so no row attends over many more slots than its prompt needs,
+  and there are few groups (each ends with a tail in which ended rows have nothing to take)."""
+  groups = []
+  for item in order:
+    if groups and width(item) <= WIDEST * width(groups[-1][0]):
+      groups[-1].append(item)
+    else:
+      groups.append([item])
+  return groups
+
+
 def admission_size(free: int, rows: int, ways: int) -> int:
   """Rows an admission of `free` prompts prefills: a power of two (few compiled shapes), a
   multiple of the `ways` devices the rows are split over, at most `rows`."""

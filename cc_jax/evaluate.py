@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import itertools
 import os
 import pathlib
 from typing import Sequence
@@ -52,7 +51,7 @@ class EvalOptions:
   modes: tuple[str, ...] = ("matrix",)  # for cc runs; sft runs and base models always use "plain"
   batch_size: int = 16
   max_batch_tokens: int = 16384  # most prompt tokens (rows x padded length) per batch; 0 = no limit
-  continuous: bool = True  # a row whose answer ended takes the next prompt (cc_jax/continuous.py)
+  continuous: str = "auto"  # on | off | auto: a row whose answer ended takes the next prompt (cc_jax/continuous.py)
   decode_chunk: int = 8  # continuous: most decode steps between looks for ended rows
   max_new_tokens: int = 40  # the paper's
   max_prompt_len: int = 0  # 0 = the model's context less max_new_tokens; longer prompts lose their middle
@@ -71,6 +70,8 @@ class EvalOptions:
       raise ValueError(f"eval.max_batch_tokens={self.max_batch_tokens} must be >= 0 (0: no limit)")
     if self.max_prompt_len < 0:
       raise ValueError(f"eval.max_prompt_len={self.max_prompt_len} must be >= 0 (0: the model's context)")
+    if self.continuous not in ("on", "off", "auto"):
+      raise ValueError(f"eval.continuous={self.continuous!r}; expected on, off or auto")
     if self.decode_chunk < 1:
       raise ValueError(f"eval.decode_chunk={self.decode_chunk} must be >= 1")
 
@@ -239,13 +240,23 @@ class Generator:
     def width(i: int) -> int:  # the padded length of prompt i after the prefix
       return int(batching.bucket_length(len(prompts[i].ids) - len(prefix_ids), buckets))
 
-    n = self.options.max_new_tokens
-    if self.options.continuous and continuous.fits(self.trained.model, width(order[-1]), n, prefix):
-      for length, group in itertools.groupby(order, key=width):
-        self._run_continuous(list(group), length, batch, prefix, mode, finish)
+    groups = continuous.length_groups(order, width)
+    if self._continuous(groups, width, prefix):
+      for group in groups:
+        self._run_continuous(group, width(group[-1]), batch, prefix, mode, finish)
     else:
       self._run_static(order, width, batch, prefix, mode, finish)
     return texts
+
+  def _continuous(self, groups: list[list[int]], width, prefix) -> bool:
+    """Whether to batch continuously: `eval.continuous` on, or auto with enough prompts per
+    length group. Each group ends with a tail in which rows whose answers ended have nothing
+    to take, so with few prompts per group static batches (which mix lengths) waste less."""
+    choice = self.options.continuous
+    if choice == "off" or not continuous.fits(self.trained.model, width(groups[-1][-1]),
+                                                self.options.max_new_tokens, prefix):
+      return False
+    return choice == "on" or min(len(g) for g in groups) >= continuous.AUTO_PROMPTS_PER_ROW * self.batch_size
 
   def _batch(self, rows: list[int], *, prompts, english, skip: int, buckets) -> dict:
     """Host arrays of the prompts `rows` (left-padded, less the `skip` prefix tokens): tokens,

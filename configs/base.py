@@ -158,7 +158,9 @@ def get_config() -> config_dict.ConfigDict:
   c.eval.batch_size = 16  # prompts per generation batch
   # most prompt tokens (rows x padded length) per batch: long prompts go in fewer rows; 0 = no limit
   c.eval.max_batch_tokens = 16384
-  c.eval.continuous = True  # a row whose answer ended takes the next prompt; False: static batches
+  # a row whose answer ended takes the next prompt: on | off | auto (on when every length
+  # group has at least 8 prompts per row, so that the groups' tails cost little)
+  c.eval.continuous = "auto"
   c.eval.decode_chunk = 8  # continuous batching: most decode steps between looks for ended rows
   c.eval.max_new_tokens = 40  # the paper's
   # 0 = the model's context less max_new_tokens (the authors never truncate); a longer prompt

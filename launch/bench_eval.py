@@ -75,7 +75,7 @@ def main(argv):
                               for kind in ("static", "continuous")]
   generators = {(b, kind): evaluate.Generator(trained, evaluate.EvalOptions(
       source=FLAGS.source, batch_size=b, max_batch_tokens=FLAGS.max_batch_tokens, max_new_tokens=FLAGS.new_tokens,
-      continuous=kind == "continuous")) for b, kind in sizes}
+      continuous="on" if kind == "continuous" else "off")) for b, kind in sizes}
   first = sizes[0]
   prompts = generators[first].encode([e.prompt for e in examples])
   lengths = sorted(len(p.ids) for p in prompts)

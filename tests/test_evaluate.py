@@ -206,7 +206,8 @@ def test_authors_anchor_in_evaluation_recomputes_from_the_role_word(monkeypatch)
   trained = tiny_trained(config, tokenizer)
   kernel = np.random.default_rng(0).normal(0, 3.0, trained.params[connection.PARAM_NAME]["kernel"].shape)
   trained.params[connection.PARAM_NAME] = {"kernel": kernel.astype(np.float32)}  # layers chosen differ
-  generator = evaluate.Generator(trained, evaluate.EvalOptions(source="t", batch_size=3, max_new_tokens=8))
+  generator = evaluate.Generator(trained, evaluate.EvalOptions(source="t", batch_size=3, max_new_tokens=8,
+                                                               continuous="on"))
   prompts = generator.encode(["Bonjour !", "你好，世界", "Wie spät ist es?\nBitte antworten."])
   assert [tokenizer.decode([p.ids[p.anchor]]) for p in prompts] == ["assistant"] * 3
   assert [p.anchor_offset for p in prompts] == [1, 1, 1]
@@ -214,16 +215,16 @@ def test_authors_anchor_in_evaluation_recomputes_from_the_role_word(monkeypatch)
   two_pass = functools.partial(evaluate.generate.cc_generate, reuse_cache=False)
   monkeypatch.setattr(evaluate.generate, "cc_generate", two_pass)
   static = evaluate.Generator(trained, evaluate.EvalOptions(source="t", batch_size=3, max_new_tokens=8,
-                                                            continuous=False))
+                                                            continuous="off"))
   assert static.run(prompts, "identity") == cached
 
 
 def test_decode_steps_count_the_row_steps_a_batch_waits_for_its_last_row(smol_tokenizer):
-  """Static batches (eval.continuous=False): 5 prompts in batches of 2 (the last filled with a
+  """Static batches (eval.continuous=off): 5 prompts in batches of 2 (the last filled with a
   copy); every row ends at an EOS that the test reads off the generated tokens, so the expected
   counts come from the outputs alone."""
   trained = tiny_trained(tiny_config(), smol_tokenizer)
-  options = evaluate.EvalOptions(source="t", batch_size=2, max_new_tokens=6, shared_prefix=False, continuous=False)
+  options = evaluate.EvalOptions(source="t", batch_size=2, max_new_tokens=6, shared_prefix=False, continuous="off")
   generator = evaluate.Generator(trained, options)
   prompts = generator.encode([f"Question {i}: what is {i} plus {i}?" for i in range(5)])
   generator.run(prompts, "plain")
@@ -248,7 +249,7 @@ def test_long_prompts_go_in_smaller_batches_within_max_batch_tokens(smol_tokeniz
   options = dict(source="t", max_new_tokens=4, shared_prefix=False)
   prompts = evaluate.Generator(trained, evaluate.EvalOptions(**options)).encode(texts)
   one = evaluate.Generator(trained, evaluate.EvalOptions(batch_size=1, **options)).run(prompts, "plain")
-  budgeted = evaluate.Generator(trained, evaluate.EvalOptions(batch_size=4, max_batch_tokens=256, continuous=False,
+  budgeted = evaluate.Generator(trained, evaluate.EvalOptions(batch_size=4, max_batch_tokens=256, continuous="off",
                                                               **options))
   shapes = []
   generate_batch = budgeted._generate

@@ -44,14 +44,15 @@ def test_two_processes_train_and_checkpoint(tmp_path):
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == ["2", "3"]
 
 
-def _matrix_and_eval(workdir: pathlib.Path, bench: pathlib.Path, processes: int, devices: int) -> list[str]:
+def _matrix_and_eval(workdir: pathlib.Path, bench: pathlib.Path, processes: int, devices: int,
+                     continuous: str = "auto") -> list[str]:
   """Fits the matrix and evaluates `workdir` (a finished run) as `processes` processes of
-  `devices` CPU devices each; returns each process's output."""
+  `devices` CPU devices each, batching evaluation as `continuous` says; returns each process's output."""
   command = [sys.executable, "-m", "cc_jax.main", "--config=configs/tiny.py", f"--workdir={workdir}",
              "--config.task=pipeline", "--config.optim.max_steps=2", "--config.log.progress_bar=false",
              "--config.matrix.num_samples=64", "--config.matrix.batch_size=8", f"--config.eval.source={bench}",
              "--config.eval.benchmarks=('XNLI','MKQA')", "--config.eval.modes=('plain','matrix','oracle')",
-             "--config.eval.max_new_tokens=6", "--config.eval.batch_size=8"]
+             "--config.eval.max_new_tokens=6", "--config.eval.batch_size=8", f"--config.eval.continuous={continuous}"]
   port = free_port()
   procs = []
   for process_id in range(processes):
@@ -80,9 +81,10 @@ def _counted(outputs: list[str], verb: str) -> tuple[list[int], int]:
 
 
 def test_matrix_and_eval_across_processes_and_devices_equal_one_process(tmp_path):
-  """The same finished run, fitted and evaluated by one process on one device, one process on 8
-  devices, and two processes of 2 devices: the same matrix, predictions and scores; each prompt
-  computed once across the processes; the results written once."""
+  """The same finished run, fitted and evaluated by one process on one device (static batches),
+  one process on 8 devices and two processes of 2 devices (continuous batching): the same
+  matrix, predictions and scores; each prompt computed once across the processes; the results
+  written once."""
   from cc_jax import loop, report, transform
   from tests.test_loop import tiny_config
   from tests.test_pipeline import small_benchmark_dir
@@ -91,10 +93,11 @@ def test_matrix_and_eval_across_processes_and_devices_equal_one_process(tmp_path
   loop.train_loop(tiny_config(**{"optim.max_steps": 2}), run)
   bench = small_benchmark_dir(tmp_path / "bench")
   results = {}
-  for name, processes, devices in (("one", 1, 1), ("eight_devices", 1, 8), ("two_processes", 2, 2)):
+  for name, processes, devices, batching in (("one", 1, 1, "off"), ("eight_devices", 1, 8, "on"),
+                                              ("two_processes", 2, 2, "on")):
     workdir = tmp_path / name
     shutil.copytree(run, workdir)
-    outputs = _matrix_and_eval(workdir, bench, processes, devices)
+    outputs = _matrix_and_eval(workdir, bench, processes, devices, batching)
     matrix, meta = transform.load(workdir / "matrix", num_layers=2, hidden_size=64)
     predictions = sorted(report.read_predictions(workdir / "eval"), key=lambda p: (p.method, p.benchmark, p.lang,
                                                                                   p.index))
