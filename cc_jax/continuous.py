@@ -151,7 +151,6 @@ def decode_chunk(model: Llama, params, slots: Slots, eos_ids, limit, waiting, rn
   return slots, steps
 
 
-AUTO_PROMPTS_PER_ROW = 8  # eval.continuous=auto: batch continuously when every group has this many per row
 WIDEST = 2  # a length group's widest prompts are at most this many times its narrowest
 
 

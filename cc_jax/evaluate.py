@@ -249,14 +249,13 @@ class Generator:
     return texts
 
   def _continuous(self, groups: list[list[int]], width, prefix) -> bool:
-    """Whether to batch continuously: `eval.continuous` on, or auto with enough prompts per
-    length group. Each group ends with a tail in which rows whose answers ended have nothing
-    to take, so with few prompts per group static batches (which mix lengths) waste less."""
+    """Whether to batch continuously: `eval.continuous` on, or auto when some length group has
+    more prompts than a batch holds (otherwise no row would ever be refilled)."""
     choice = self.options.continuous
     if choice == "off" or not continuous.fits(self.trained.model, width(groups[-1][-1]),
                                                 self.options.max_new_tokens, prefix):
       return False
-    return choice == "on" or min(len(g) for g in groups) >= continuous.AUTO_PROMPTS_PER_ROW * self.batch_size
+    return choice == "on" or any(len(g) > self.batch_size for g in groups)
 
   def _batch(self, rows: list[int], *, prompts, english, skip: int, buckets) -> dict:
     """Host arrays of the prompts `rows` (left-padded, less the `skip` prefix tokens): tokens,

@@ -158,8 +158,8 @@ def get_config() -> config_dict.ConfigDict:
   c.eval.batch_size = 16  # prompts per generation batch
   # most prompt tokens (rows x padded length) per batch: long prompts go in fewer rows; 0 = no limit
   c.eval.max_batch_tokens = 16384
-  # a row whose answer ended takes the next prompt: on | off | auto (on when every length
-  # group has at least 8 prompts per row, so that the groups' tails cost little)
+  # a row whose answer ended takes the next prompt: on | off | auto (on when a length group
+  # has more prompts than a batch holds)
   c.eval.continuous = "auto"
   c.eval.decode_chunk = 8  # continuous batching: most decode steps between looks for ended rows
   c.eval.max_new_tokens = 40  # the paper's

@@ -150,12 +150,12 @@ def test_evaluation_predicts_the_text_of_static_batches_with_more_row_steps_busy
   assert refilled.decode_steps[0] / refilled.decode_steps[1] >= static.decode_steps[0] / static.decode_steps[1]
 
 
-def test_length_groups_span_a_factor_of_two_and_auto_needs_prompts_enough_per_row(smol_tokenizer):
+def test_length_groups_span_a_factor_of_two_and_auto_needs_a_group_longer_than_a_batch(smol_tokenizer):
   widths = {i: w for i, w in enumerate([32, 32, 48, 64, 80, 128, 256, 512, 1024])}
   assert continuous.length_groups(list(widths), widths.get) == [[0, 1, 2, 3], [4, 5], [6, 7], [8]]
   trained = tiny_trained(tiny_config(), smol_tokenizer)
   generator = evaluate.Generator(trained, evaluate.EvalOptions(source="t", batch_size=2))
-  few, many = [[0] * 15], [[0] * 16, [1] * 16]  # prompts per group; auto wants 8 per row of 2
+  few, many = [[0, 1], [2, 3]], [[0, 1], [2, 3, 4]]  # no group / one group longer than a batch of 2
   assert not generator._continuous(few, lambda i: 32, None) and generator._continuous(many, lambda i: 32, None)
   on = evaluate.Generator(trained, evaluate.EvalOptions(source="t", batch_size=2, continuous="on"))
   assert on._continuous(few, lambda i: 32, None)
