@@ -149,7 +149,8 @@ def run_demo(config: ConfigDict, workdir) -> pathlib.Path:
   examples = held_out_examples(config.eval.limit)
   print(f"{len(examples)} questions; sft in plain mode, cc in plain and matrix mode", flush=True)
   options = evaluate.EvalOptions(source="", benchmarks=(BENCHMARK,), modes=("plain", "matrix"),
-                                 batch_size=config.eval.batch_size, max_new_tokens=config.eval.max_new_tokens)
+                                 batch_size=config.eval.batch_size, max_new_tokens=config.eval.max_new_tokens,
+                                 continuous=config.eval.continuous)
   records = []
   for method in ("sft", "cc"):
     trained = runtime.load_trained(workdir / method)
