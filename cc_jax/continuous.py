@@ -197,9 +197,9 @@ def run(model: Llama, params, items: list, admission, *, rows: int, prompt_len: 
   while queue or any(h is not None for h in held):
     free = [r for r, h in enumerate(held) if h is None]
     if queue and free:
-      size = admission_size(min(len(free), len(queue)), rows, ways)
-      taken, queue = queue[:min(len(free), size)], queue[min(len(free), size):]
-      targets = free[:len(taken)]
+      n = min(len(free), len(queue))
+      size = admission_size(n, rows, ways)
+      taken, queue, targets = queue[:n], queue[n:], free[:n]
       for r, item in zip(targets, taken):
         held[r] = item
         local += r in mine

@@ -272,7 +272,8 @@ class Generator:
     return out
 
   def _run_continuous(self, group: list[int], length: int, batch, prefix, mode: str, finish):
-    """The prompts `group`, all of padded length `length`, in one continuously refilled batch."""
+    """The prompts `group` (a `continuous.length_groups` group, none wider than `length`) in one
+    continuously refilled batch."""
     trained, mesh = self.trained, self.mesh
     # No more rows than prompts (rounded to the devices): an empty row would idle throughout.
     rows = min(self._rows_at(length), sh.round_up_batch(mesh, len(group)))
