@@ -15,8 +15,8 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from cc_jax import (batching, checkpoint, console, data, lora, optim, runtime, sharding as sh, train, validate,
-                    workdir_lock)
+from cc_jax import (batching, checkpoint, console, data, frozen, lora, optim, runtime, sharding as sh, train,
+                    validate, workdir_lock)
 from cc_jax.connection import ConnectionConfig
 from cc_jax.model import Llama
 
@@ -39,18 +39,7 @@ def step_config(config: ConfigDict) -> train.StepConfig:
       connection=ConnectionConfig(selection=config.cc.selection, temperature=config.cc.temperature,
                                   stop_english_grad=config.cc.stop_english_grad),
       num_microbatches=config.optim.grad_accum_steps, loss_chunk_len=config.model.loss_chunk_len,
-      trainable=trainable(config))
-
-
-def trainable(config: ConfigDict) -> str:
-  """optim.trainable, which is "lora" whenever lora.rank > 0."""
-  chosen = config.optim.trainable
-  if config.lora.rank and chosen not in ("all", "lora"):
-    raise ValueError(f"lora.rank={config.lora.rank} trains the adapters and the Decision Maker; "
-                     f"optim.trainable={chosen!r} contradicts it (leave it 'all')")
-  if chosen == "lora" and not config.lora.rank:
-    raise ValueError("optim.trainable='lora' needs lora.rank > 0")
-  return "lora" if config.lora.rank else chosen
+      trainable=optim.trainable_from_config(config))
 
 
 def load_examples(config: ConfigDict, tokenizer) -> list[data.Example]:
@@ -176,9 +165,11 @@ def _train(config: ConfigDict, workdir: pathlib.Path) -> dict[str, Any]:
   restored = None
   if latest is not None:
     target, shardings = train.abstract_train_state(model=model, tx=tx, cfg=cfg, mesh=mesh, rules=rules)
-    restored = ckpt.restore_newest_readable(target)
+    restored = ckpt.restore_newest_readable(frozen.checkpointed(target, cfg.trainable))
   if restored is not None:
     state, extra, _ = restored
+    base = json.loads((workdir / RUN_FILE).read_text()).get("base")
+    state = state.replace(params=frozen.join_base(state.params, base, workdir, target.params, cfg.trainable))
     iterator.restore(extra["data"])
     logging.info("resumed from %s at step %d", ckpt.directory, int(state.step))
   else:
@@ -189,10 +180,11 @@ def _train(config: ConfigDict, workdir: pathlib.Path) -> dict[str, Any]:
         raise ValueError(f"lora.init_from={config.lora.init_from}: set lora.rank (and alpha, targets) to the adapter's")
       state = state.replace(params=lora.import_peft(config.lora.init_from, model_cfg.lora, state.params))
       logging.info("LoRA adapters from %s", config.lora.init_from)
+    base_dir = runtime.model_dir(config)
+    base = frozen.reference(base_dir, workdir, optim.split_trainable(state.params, cfg.trainable)[1])
     if jax.process_index() == 0:
-      base = runtime.model_dir(config)
       (workdir / RUN_FILE).write_text(json.dumps({
-          "base_model": str(base) if base else None, "model": model_cfg.to_hf(),
+          "base_model": str(base_dir) if base_dir else None, "base": base, "model": model_cfg.to_hf(),
           "config": json.loads(config.to_json())}, indent=2))
 
   step_fn = train.make_train_step(model, tx, schedule, cfg, mesh, rules, shardings)
@@ -213,7 +205,7 @@ def _train(config: ConfigDict, workdir: pathlib.Path) -> dict[str, Any]:
       pending = (step + 1, metrics)
       extra = {"data": iterator.state()}
       # The last step is saved below, after the loop, in the form ckpt.final_with_optimizer asks for.
-      if step + 1 < total_steps and ckpt.save(step + 1, state, extra, metrics=None):
+      if step + 1 < total_steps and ckpt.save(step + 1, frozen.checkpointed(state, cfg.trainable), extra):
         last = _check_and_log(log, ckpt, *pending)  # a save already waits on this step
         pending = None
       ckpt.poll()  # a background save that failed stops the run here
@@ -221,7 +213,7 @@ def _train(config: ConfigDict, workdir: pathlib.Path) -> dict[str, Any]:
         if pending is not None:
           last = _check_and_log(log, ckpt, *pending)
           pending = None
-        ckpt.save(step + 1, state, extra, force=True)
+        ckpt.save(step + 1, frozen.checkpointed(state, cfg.trainable), extra, force=True)
         ckpt.wait()  # raises, rather than report a save that did not complete
         status = "preempted"
         logging.warning("SIGTERM: saved step %d; rerun the same command to resume", step + 1)
@@ -229,10 +221,11 @@ def _train(config: ConfigDict, workdir: pathlib.Path) -> dict[str, Any]:
     if pending is not None:
       last = _check_and_log(log, ckpt, *pending)
     if status == "completed":
+      kept = frozen.checkpointed(state, cfg.trainable)
       if config.ckpt.final_with_optimizer:
-        ckpt.save(int(state.step), state, {"data": iterator.state()}, force=True)
+        ckpt.save(int(state.step), kept, {"data": iterator.state()}, force=True)
       else:  # restore_params reads `params` from either form
-        ckpt.save(int(state.step), {"step": state.step, "params": state.params},
+        ckpt.save(int(state.step), {"step": state.step, "params": kept.params},
                   {"data": iterator.state(), PARAMS_ONLY: True}, force=True)
     ckpt.wait()
   finally:

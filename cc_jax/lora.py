@@ -46,8 +46,8 @@ class LoraConfig:
     unknown = [t for t in self.targets if t not in TARGETS]
     if unknown or not self.targets:
       raise ValueError(f"lora.targets={self.targets}: expected some of {TARGETS}")
-    if self.dropout:
-      raise ValueError(f"lora.dropout={self.dropout}: dropout on the adapters' input is not implemented; use 0")
+    if not 0.0 <= self.dropout < 1.0:
+      raise ValueError(f"lora.dropout={self.dropout} must be in [0, 1)")
 
   @property
   def scale(self) -> float:

@@ -293,9 +293,13 @@ class Projection(nn.Module):
     return y
 
   def _adapter(self, x, x_dims, in_shape):
-    """scale (x A) B, as PEFT's LoRA Linear adds it (after the bias). A is drawn as PEFT draws
-    lora_A (kaiming-uniform, bound 1/sqrt(fan_in)); B starts at zero."""
+    """scale (dropout(x) A) B, as PEFT's LoRA Linear adds it (after the bias). A is drawn as PEFT
+    draws lora_A (kaiming-uniform, bound 1/sqrt(fan_in)); B starts at zero. Dropout acts only when
+    the caller passes a `dropout` rng (the train step), each adapter with its own mask."""
     cfg, r = self.cfg, self.cfg.lora.rank
+    if cfg.lora.dropout and self.has_rng("dropout"):
+      keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - cfg.lora.dropout, x.shape)
+      x = jnp.where(keep, x / jnp.asarray(1.0 - cfg.lora.dropout, x.dtype), jnp.zeros_like(x))
     in_axes, out_axes = self.kernel_axes[:self.contract], self.kernel_axes[self.contract:]
     a_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform", in_axis=tuple(range(self.contract)),
                                               out_axis=-1)
@@ -454,7 +458,7 @@ class Llama(nn.Module):
       block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
     if cfg.scan_layers:
       self.layers = nn.scan(
-          block, variable_axes={"params": 0}, split_rngs={"params": True},
+          block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
           in_axes=(0,) + (nn.broadcast,) * 6, length=cfg.num_layers,
           metadata_params={nn.PARTITION_NAME: sh.LAYERS},
       )(cfg, inject_layer=self.inject_layer)

@@ -84,6 +84,18 @@ def is_trainable(keys: tuple[str, ...], trainable: str) -> bool:
   return trainable == "lora" and keys[-1] in lora.ADAPTER_PARAMS
 
 
+def trainable_from_config(config) -> str:
+  """optim.trainable, which is "lora" whenever lora.rank > 0 (a run.json from before LoRA has no
+  lora group)."""
+  chosen, rank = config.optim.trainable, config.get("lora", {}).get("rank", 0)
+  if rank and chosen not in ("all", "lora"):
+    raise ValueError(f"lora.rank={rank} trains the adapters and the Decision Maker; "
+                     f"optim.trainable={chosen!r} contradicts it (leave it 'all')")
+  if chosen == "lora" and not rank:
+    raise ValueError("optim.trainable='lora' needs lora.rank > 0")
+  return "lora" if rank else chosen
+
+
 def split_trainable(params: Mapping, trainable: str) -> tuple[dict, dict]:
   """(trainable, frozen) halves of a (possibly boxed) params tree; `join` puts them back. The
   optimizer and the gradients only ever see the trainable half."""

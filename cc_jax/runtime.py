@@ -10,7 +10,7 @@ from absl import logging
 import jax
 from ml_collections import ConfigDict
 
-from cc_jax import convert, lora, sharding as sh, smollm2
+from cc_jax import convert, frozen, lora, optim, sharding as sh, smollm2
 from cc_jax.model import Llama, LlamaConfig
 
 # Environment variables by which cluster launchers describe a multi-process job; JAX's
@@ -176,13 +176,16 @@ def load_trained(workdir, step: int | None = None, mesh: jax.sharding.Mesh | Non
   run_file = workdir / "run.json"
   if not run_file.exists():
     raise FileNotFoundError(f"{run_file} does not exist: {workdir} is not a cc_jax training workdir")
-  train_config = ConfigDict(json.loads(run_file.read_text())["config"])
+  run = json.loads(run_file.read_text())
+  train_config = ConfigDict(run["config"])
   cfg = model_config(train_config)
   model = Llama(cfg, inject_layer=train_config.cc.inject_layer)
   target = abstract_params(model, train_config.cc.method, train_config.mesh.rules.to_dict(),
                            mesh or sh.make_mesh({"fsdp": -1}))
+  trainable = optim.trainable_from_config(train_config)
   with checkpoint.Checkpointer(checkpoint.CheckpointConfig(str(workdir / "checkpoints"))) as ckpt:
-    params, step = ckpt.restore_params(target, step)
+    params, step = ckpt.restore_params(optim.split_trainable(target, trainable)[0], step)
+  params = frozen.join_base(params, run.get("base"), workdir, target, trainable)
   return TrainedModel(train_config, model, params, load_tokenizer(train_config),
                       str(workdir / "checkpoints" / str(step)))
 

@@ -49,6 +49,8 @@ class StepConfig:
       raise ValueError(f"optim.trainable={self.trainable!r}; expected one of {optim.TRAINABLE}")
 
 
+DROPOUT_STREAM = 1  # fold_in(microbatch key, this) is the LoRA dropout key
+
 ENGLISH_KEYS = ("en_input_ids", "en_attention_mask", "en_positions", "en_anchor")
 
 
@@ -73,20 +75,22 @@ def gather_rows(x_BT, index_B):
   return jnp.take_along_axis(x_BT, index_B[:, None], axis=1)[:, 0]
 
 
-def english_activations(model: Llama, params, batch) -> jax.Array:
+def english_activations(model: Llama, params, batch, rngs=None) -> jax.Array:
   """Step 1: every layer's MLP output at the English anchor, (L, B, D). No LM head."""
   out = model.apply({"params": model_params(params)}, batch["en_input_ids"], batch["en_positions"],
-                    batch["en_attention_mask"], capture_at_B=batch["en_anchor"], compute_logits=False)
+                    batch["en_attention_mask"], capture_at_B=batch["en_anchor"], compute_logits=False, rngs=rngs)
   return out.captured_LBD
 
 
-def loss_fn(params, batch, noise_BL, *, model: Llama, cfg: StepConfig):
+def loss_fn(params, batch, noise_BL, dropout_rng=None, *, model: Llama, cfg: StepConfig):
   """Summed loss of one (micro)batch and its diagnostics.
 
   Args:
     params: model params (+ `source_select` for cc).
     batch: dict of (B, T) arrays from cc_jax.batching (labels unshifted, -100 ignored).
     noise_BL: Gumbel noise for the selection (unused by sft or argmax selection).
+    dropout_rng: key of the LoRA adapters' dropout (lora.dropout > 0), or None for none. The
+      English pass draws its masks too, as PEFT's modules in training mode do under no_grad.
     model: the Llama module (its `inject_layer` is where the vector goes).
     cfg: method and selection settings.
 
@@ -95,10 +99,12 @@ def loss_fn(params, batch, noise_BL, *, model: Llama, cfg: StepConfig):
     counts and `entropy_sum` (summed decision entropy over real examples).
   """
   decoder = {"params": model_params(params)}
+  english_rngs, rngs = (None, None) if dropout_rng is None else (
+      {"dropout": k} for k in jax.random.split(dropout_rng))
   aux = {}
   inject = None
   if cfg.method == "cc":
-    english_LBD = english_activations(model, params, batch)
+    english_LBD = english_activations(model, params, batch, english_rngs)
     anchor_tokens_B = gather_rows(batch["input_ids"], batch["anchor"])
     anchor_embed_BD = model.apply(decoder, anchor_tokens_B, method=Llama.embed)
     vector_BD, weights_BL, scores_BL = connection.connect(
@@ -109,7 +115,7 @@ def loss_fn(params, batch, noise_BL, *, model: Llama, cfg: StepConfig):
     aux.update(selected=selected_L, entropy_sum=mean_entropy * jnp.sum(real_B), examples=jnp.sum(real_B))
   chunked = 0 < cfg.loss_chunk_len < batch["input_ids"].shape[1]
   out = model.apply(decoder, batch["input_ids"], batch["positions"], batch["attention_mask"], inject=inject,
-                    compute_logits=not chunked)
+                    compute_logits=not chunked, rngs=rngs)
   if chunked:  # the (B, T, V) logits never exist whole
     logits_fn = lambda h: model.apply(decoder, h, method=Llama.logits)  # noqa: E731
     loss_sum, tokens = losses.chunked_token_loss_sum(out.hidden_BTD, batch["labels"], logits_fn,
@@ -120,9 +126,9 @@ def loss_fn(params, batch, noise_BL, *, model: Llama, cfg: StepConfig):
   return loss_sum, aux
 
 
-def microbatch_noise(rng: jax.Array, step: jax.Array, micro: int | jax.Array, shape) -> jax.Array:
-  """Gumbel noise of one microbatch, derived from (run rng, step, microbatch)."""
-  return connection.gumbel_noise(jax.random.fold_in(jax.random.fold_in(rng, step), micro), shape)
+def microbatch_key(rng: jax.Array, step: jax.Array, micro: int | jax.Array) -> jax.Array:
+  """The key of one microbatch's randomness, derived from (run rng, step, microbatch)."""
+  return jax.random.fold_in(jax.random.fold_in(rng, step), micro)
 
 
 def accumulate_gradients(params, batch, rng, step, *, model: Llama, cfg: StepConfig, frozen=None):
@@ -133,6 +139,7 @@ def accumulate_gradients(params, batch, rng, step, *, model: Llama, cfg: StepCon
   forward pass but are never differentiated.
   """
   num_layers = model.cfg.num_layers
+  dropout = model.cfg.lora is not None and model.cfg.lora.dropout > 0
   frozen = {} if frozen is None else frozen
   loss_of = functools.partial(loss_fn, model=model, cfg=cfg)
   grad_fn = jax.value_and_grad(lambda p, *args: loss_of(optim.join(p, frozen), *args), has_aux=True)
@@ -140,8 +147,10 @@ def accumulate_gradients(params, batch, rng, step, *, model: Llama, cfg: StepCon
 
   def body(carry, xs):
     index, mb = xs
-    noise = microbatch_noise(rng, step, index, (mb["input_ids"].shape[0], num_layers))
-    (loss_sum, aux), grads = grad_fn(params, mb, noise)
+    key = microbatch_key(rng, step, index)
+    noise = connection.gumbel_noise(key, (mb["input_ids"].shape[0], num_layers))
+    dropout_rng = jax.random.fold_in(key, DROPOUT_STREAM) if dropout else None  # a stream apart from the noise's
+    (loss_sum, aux), grads = grad_fn(params, mb, noise, dropout_rng)
     carry = jax.tree.map(jnp.add, carry, (loss_sum, aux, grads))
     return carry, None
 

@@ -116,7 +116,7 @@ def get_config() -> config_dict.ConfigDict:
   c.lora.rank = 0  # 0 = full fine-tuning (the paper); e.g. 8 or 16
   c.lora.alpha = 0.0  # adapter scale = alpha / rank; 0 = 2 x rank (LLaMA-Factory's default)
   c.lora.targets = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # PEFT's
-  c.lora.dropout = 0.0  # only 0 is implemented
+  c.lora.dropout = 0.0  # on each adapter's input, in training steps only (PEFT's lora_dropout)
   c.lora.init_from = ""  # a PEFT adapter directory to start from (its adapters and Decision Maker); "" = fresh
 
   c.mesh = config_dict.ConfigDict()

@@ -183,18 +183,23 @@ def test_cc_loss_and_adapter_gradients_match_peft_lora_with_the_cc_hooks(base, t
 
 
 def test_a_lora_run_trains_resumes_fits_the_matrix_evaluates_and_exports(tmp_path):
-  """`--config.lora.rank=8` on configs/tiny.py through the CLI, as a user runs it."""
+  """`--config.lora.rank=8` (with adapter dropout) on configs/tiny.py through the CLI, as a user runs it."""
   import json
   import subprocess
   import sys
 
   from tests.test_loop import read_metrics
   from tests.test_pipeline import REPO, cli, small_benchmark_dir
-  workdir, lora_flag = tmp_path / "run", "--config.lora.rank=8"
-  cli(workdir, lora_flag, "--config.optim.max_steps=2", "--config.ckpt.every_steps=2")
-  cli(workdir, lora_flag, "--config.optim.max_steps=3")
+  workdir, lora_flags = tmp_path / "run", ("--config.lora.rank=8", "--config.lora.dropout=0.1")
+  cli(workdir, *lora_flags, "--config.optim.max_steps=2", "--config.ckpt.every_steps=2")
+  cli(workdir, *lora_flags, "--config.optim.max_steps=3")
   assert [m["step"] for m in read_metrics(workdir)] == [1, 2, 3]  # resumed at 2: step 3 alone ran again
   assert (workdir / "checkpoints" / "3").exists()
+  # the random base is saved once in the workdir, by a path relative to it; checkpoints leave it out
+  assert json.loads((workdir / "run.json").read_text())["base"] == {"path": "base"}
+  assert all(optim.is_trainable(keys[1:], "lora") for keys in _saved_leaves(workdir / "checkpoints" / "3")
+             if keys[0] == "params")
+  workdir = workdir.rename(tmp_path / "moved")  # and the run, moved, still finds it
 
   done = subprocess.run([sys.executable, "-m", "cc_jax.main", "--config=configs/tiny.py", f"--workdir={workdir}",
                          "--config.task=matrix", "--config.lora.rank=4"], cwd=REPO, capture_output=True, text=True,
@@ -214,6 +219,7 @@ def test_a_lora_run_trains_resumes_fits_the_matrix_evaluates_and_exports(tmp_pat
     assert done.returncode == 0, done.stderr[-2000:]
   adapter = json.loads((tmp_path / "adapter" / lora.ADAPTER_CONFIG).read_text())
   assert adapter["r"] == 8 and adapter["lora_alpha"] == 16 and len(adapter["target_modules"]) == 7
+  assert adapter["lora_dropout"] == 0.1
   tensors = safetensors.numpy.load_file(tmp_path / "adapter" / lora.ADAPTER_WEIGHTS)
   assert len(tensors) == 2 * 7 * 2 + 1 and sum(".lora_" in name for name in tensors) == 2 * 7 * 2
   assert tensors[convert.SOURCE_SELECT].shape == (2, 64)  # the Decision Maker, (L, D)
@@ -222,7 +228,7 @@ def test_a_lora_run_trains_resumes_fits_the_matrix_evaluates_and_exports(tmp_pat
 
   # a new run continues from the exported adapter (its state sharded over the 8 test devices)
   again = tmp_path / "again"
-  cli(again, lora_flag, f"--config.lora.init_from={tmp_path / 'adapter'}", "--config.optim.max_steps=1")
+  cli(again, *lora_flags, f"--config.lora.init_from={tmp_path / 'adapter'}", "--config.optim.max_steps=1")
   assert [m["step"] for m in read_metrics(again)] == [1]
 
 
@@ -245,3 +251,116 @@ def test_an_exported_adapter_imports_back_exactly_and_a_mismatched_one_is_named(
   with pytest.raises(FileNotFoundError, match="adapter_model.safetensors does not exist"):
     (tmp_path / "adapter" / lora.ADAPTER_WEIGHTS).unlink()
     lora.import_peft(tmp_path / "adapter", model.cfg.lora, fresh)
+
+
+def _saved_leaves(step_dir) -> list[tuple[str, ...]]:
+  """The key paths of the arrays a checkpoint step holds (read from Orbax's metadata)."""
+  import orbax.checkpoint as ocp
+  with ocp.StandardCheckpointer() as reader:
+    tree = reader.metadata(step_dir / "state").item_metadata
+  return [tuple(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+          for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def _bytes(directory) -> int:
+  return sum(f.stat().st_size for f in directory.rglob("*") if f.is_file())
+
+
+@pytest.mark.parametrize("trainable", ["lora", "decision_maker"])
+def test_checkpoints_leave_the_frozen_base_out_resume_exactly_and_refuse_a_changed_base(tmp_path, monkeypatch,
+                                                                                        trainable):
+  """A run on a converted base: its checkpoints hold the trained params and their Adam moments only
+  (a fraction of the base's bytes); resuming equals running straight through, the frozen weights are
+  the base's bit for bit, and a base converted again since (same weights, new files) is refused."""
+  from cc_jax import checkpoint, frozen, loop, runtime
+  from tests.test_loop import StopAt, read_metrics, tiny_config
+
+  config = tiny_config(**{"optim.max_steps": 4, "ckpt.every_steps": 100, "optim.learning_rate": 1e-2})
+  cfg = runtime.model_config(config)
+  dummy = np.zeros((1, 4), np.int32)
+  base_params = nn.unbox(M.Llama(cfg).init(jax.random.key(7), dummy, dummy, dummy + 1)["params"])
+  base_dir = convert.save_model_dir(tmp_path / "base", cfg, base_params, tokenizer=runtime.load_tokenizer(config))
+  config.model.path, config.model.tokenizer = str(base_dir), ""
+  if trainable == "lora":
+    config.lora.rank = 4
+  else:
+    config.optim.trainable = "decision_maker"
+
+  loop.train_loop(config, tmp_path / "straight")
+  monkeypatch.setattr(checkpoint, "install_sigterm_handler", lambda: StopAt(2))
+  assert loop.train_loop(config, tmp_path / "resumed")["status"] == "preempted"
+  step_dir = tmp_path / "resumed" / "checkpoints" / "2"
+  leaves = _saved_leaves(step_dir)
+  params = [keys for keys in leaves if keys[0] == "params"]
+  assert params and all(optim.is_trainable(keys[1:], trainable) for keys in params), params
+  for moment in ("mu", "nu"):  # Adam's moments of exactly those; the rest of opt_state is step counts
+    assert sorted(k[k.index(moment) + 1:] for k in leaves if moment in k) == sorted(k[1:] for k in params)
+  assert {k[-1] for k in leaves if k[0] == "opt_state" and "mu" not in k and "nu" not in k} == {"count"}
+  assert _bytes(step_dir) < 0.05 * _bytes(base_dir / "params")
+  monkeypatch.setattr(checkpoint, "install_sigterm_handler", lambda: StopAt(10**9))
+  assert loop.train_loop(config, tmp_path / "resumed")["step"] == 4
+
+  straight, resumed = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "resumed")
+  np.testing.assert_allclose([m["loss"] for m in resumed], [m["loss"] for m in straight], rtol=1e-6)
+  a, b = runtime.load_trained(tmp_path / "straight").params, runtime.load_trained(tmp_path / "resumed").params
+  for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(b)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-6, rtol=0, err_msg=jax.tree_util.keystr(path))
+  trained, kept = optim.split_trainable(jax.device_get(b), trainable)
+  for x, y in zip(jax.tree.leaves(kept), jax.tree.leaves(optim.split_trainable(base_params, trainable)[1])):
+    assert np.asarray(x).tobytes() == np.asarray(y).tobytes()
+
+  convert.save_model_dir(base_dir, cfg, base_params, tokenizer=runtime.load_tokenizer(config), overwrite=True)
+  with pytest.raises(frozen.BaseChangedError, match=f"{base_dir} is not the base model"):
+    runtime.load_trained(tmp_path / "straight")
+  config.optim.max_steps = 5
+  with pytest.raises(frozen.BaseChangedError, match="converted again or replaced"):
+    loop.train_loop(config, tmp_path / "resumed")
+
+
+def test_adapter_dropout_masks_each_adapters_input_as_peft_does_and_only_when_given_a_key():
+  """Zero kernels, A = B = I (rank = width): a projection outputs scale x dropout(x), so the mask is
+  read off the output. Kept entries are x / (1 - p), a fraction 1 - p of them (PEFT: nn.Dropout on
+  lora_A's input); q_proj and k_proj draw their own masks; without a dropout key nothing is dropped."""
+  from cc_jax import sharding as sh
+  width, p = 16, 0.25
+  cfg = M.LlamaConfig(vocab_size=8, hidden_size=width, intermediate_size=width, num_layers=1, num_heads=1,
+                      num_kv_heads=1, head_dim=width, lora=lora.LoraConfig(rank=width, alpha=2.0 * width, dropout=p))
+
+  class TwoAdapters(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return [M.Projection((width,), (sh.EMBED, sh.MLP), cfg, name=n)(x) for n in ("q_proj", "k_proj")]
+
+  x = np.ones((4, 64, width), np.float32)
+  params = nn.unbox(TwoAdapters().init(jax.random.key(0), x)["params"])
+  eye = np.eye(width, dtype=np.float32)
+  params = {n: {"kernel": np.zeros_like(eye), "lora_a": eye, "lora_b": eye} for n in params}
+  plain = TwoAdapters().apply({"params": params}, x)
+  for y in plain:
+    np.testing.assert_array_equal(np.asarray(y), 2.0 * x)
+  q, k = (np.asarray(y) for y in TwoAdapters().apply({"params": params}, x, rngs={"dropout": jax.random.key(1)}))
+  for y in (q, k):
+    np.testing.assert_allclose(np.unique(y), [0.0, 2.0 / (1 - p)], rtol=1e-6)
+    assert abs(np.mean(y == 0) - p) < 0.03  # 4096 draws: 4 standard deviations
+  assert np.mean((q == 0) != (k == 0)) > 0.2  # independent masks differ in 2p(1-p) = 37.5% of entries
+
+
+def test_dropout_changes_the_training_loss_but_not_evaluation(base):
+  """lora.dropout acts in the train step's passes, drawn from the step's key; eval_step, which has
+  none, computes the dropout-free loss exactly."""
+  _, _, cfg, params = base
+  model, start = adapted(cfg, params, b_scale=0.05)
+  dropped = M.Llama(dataclasses.replace(model.cfg, lora=dataclasses.replace(model.cfg.lora, dropout=0.5)))
+  batch = synthetic_batch(cfg.vocab_size)
+  start[connection.PARAM_NAME] = nn.unbox(connection.init_decision_maker(
+      jax.random.key(3), cfg.hidden_size, cfg.num_layers, jax.numpy.float32))
+  step_cfg = train.StepConfig(method="cc", trainable="lora")
+  losses = {}
+  for name, m in (("plain", model), ("dropped", dropped)):
+    trainable, frozen = optim.split_trainable(start, "lora")
+    losses[name] = [float(train.accumulate_gradients(trainable, batch, jax.random.key(s), 0, model=m, cfg=step_cfg,
+                                                     frozen=frozen)[0]) for s in (0, 1)]
+    losses[name + " eval"] = float(train.eval_step(start, batch, model=m, cfg=step_cfg)["loss_sum"])
+  # the same keys (the same Gumbel draws): only the dropout masks tell the two apart
+  assert min(abs(a - b) for a, b in zip(losses["plain"], losses["dropped"])) > 1e-4, losses
+  assert losses["dropped eval"] == losses["plain eval"], losses
