@@ -84,9 +84,3 @@ def load(base: dict | None, workdir: pathlib.Path, target: Mapping) -> dict:
         "at that path, or export the run from a copy of it")
   return convert.load_params(directory, dict(target))
 
-
-def join_base(params: Mapping, base: dict | None, workdir: pathlib.Path, target: Mapping, trainable: str) -> dict:
-  """Checkpointed params joined to the frozen ones read back from the base; `target` is the whole
-  params tree (abstract, with shardings) that says which are frozen and how to place them."""
-  return optim.join(params, load(base, workdir, optim.split_trainable(target, trainable)[1]))
-

@@ -165,11 +165,12 @@ def _train(config: ConfigDict, workdir: pathlib.Path) -> dict[str, Any]:
   restored = None
   if latest is not None:
     target, shardings = train.abstract_train_state(model=model, tx=tx, cfg=cfg, mesh=mesh, rules=rules)
+    base = json.loads((workdir / RUN_FILE).read_text()).get("base")
+    frozen_params = frozen.load(base, workdir, optim.split_trainable(target.params, cfg.trainable)[1])
     restored = ckpt.restore_newest_readable(frozen.checkpointed(target, cfg.trainable))
   if restored is not None:
     state, extra, _ = restored
-    base = json.loads((workdir / RUN_FILE).read_text()).get("base")
-    state = state.replace(params=frozen.join_base(state.params, base, workdir, target.params, cfg.trainable))
+    state = state.replace(params=optim.join(state.params, frozen_params))
     iterator.restore(extra["data"])
     logging.info("resumed from %s at step %d", ckpt.directory, int(state.step))
   else:

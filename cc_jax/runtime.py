@@ -182,10 +182,13 @@ def load_trained(workdir, step: int | None = None, mesh: jax.sharding.Mesh | Non
   model = Llama(cfg, inject_layer=train_config.cc.inject_layer)
   target = abstract_params(model, train_config.cc.method, train_config.mesh.rules.to_dict(),
                            mesh or sh.make_mesh({"fsdp": -1}))
-  trainable = optim.trainable_from_config(train_config)
+  trained, frozen_target = optim.split_trainable(target, optim.trainable_from_config(train_config))
+  if run.get("base") is None:  # the checkpoints hold every param (a LoRA run saved before they left the base
+    trained, frozen_target = target, {}  # out has its base in them too)
+  frozen_params = frozen.load(run.get("base"), workdir, frozen_target)
   with checkpoint.Checkpointer(checkpoint.CheckpointConfig(str(workdir / "checkpoints"))) as ckpt:
-    params, step = ckpt.restore_params(optim.split_trainable(target, trainable)[0], step)
-  params = frozen.join_base(params, run.get("base"), workdir, target, trainable)
+    params, step = ckpt.restore_params(trained, step)
+  params = optim.join(params, frozen_params)
   return TrainedModel(train_config, model, params, load_tokenizer(train_config),
                       str(workdir / "checkpoints" / str(step)))
 

@@ -272,6 +272,8 @@ def test_checkpoints_leave_the_frozen_base_out_resume_exactly_and_refuse_a_chang
   """A run on a converted base: its checkpoints hold the trained params and their Adam moments only
   (a fraction of the base's bytes); resuming equals running straight through, the frozen weights are
   the base's bit for bit, and a base converted again since (same weights, new files) is refused."""
+  import json
+
   from cc_jax import checkpoint, frozen, loop, runtime
   from tests.test_loop import StopAt, read_metrics, tiny_config
 
@@ -307,6 +309,17 @@ def test_checkpoints_leave_the_frozen_base_out_resume_exactly_and_refuse_a_chang
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-6, rtol=0, err_msg=jax.tree_util.keystr(path))
   trained, kept = optim.split_trainable(jax.device_get(b), trainable)
   for x, y in zip(jax.tree.leaves(kept), jax.tree.leaves(optim.split_trainable(base_params, trainable)[1])):
+    assert np.asarray(x).tobytes() == np.asarray(y).tobytes()
+
+  # a run saved before checkpoints left the base out: no `base` in run.json, every param in its checkpoint
+  old = tmp_path / "before"
+  run = json.loads((tmp_path / "straight" / "run.json").read_text())
+  del run["base"]
+  old.mkdir()
+  (old / "run.json").write_text(json.dumps(run))
+  with checkpoint.Checkpointer(checkpoint.CheckpointConfig(str(old / "checkpoints"), async_save=False)) as saver:
+    saver.save(4, {"step": np.int32(4), "params": jax.device_get(b)}, {loop.PARAMS_ONLY: True}, force=True)
+  for x, y in zip(jax.tree.leaves(runtime.load_trained(old).params), jax.tree.leaves(b)):
     assert np.asarray(x).tobytes() == np.asarray(y).tobytes()
 
   convert.save_model_dir(base_dir, cfg, base_params, tokenizer=runtime.load_tokenizer(config), overwrite=True)
