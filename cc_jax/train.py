@@ -89,8 +89,8 @@ def loss_fn(params, batch, noise_BL, dropout_rng=None, *, model: Llama, cfg: Ste
     params: model params (+ `source_select` for cc).
     batch: dict of (B, T) arrays from cc_jax.batching (labels unshifted, -100 ignored).
     noise_BL: Gumbel noise for the selection (unused by sft or argmax selection).
-    dropout_rng: key of the LoRA adapters' dropout (lora.dropout > 0), or None for none. The
-      English pass draws its masks too, as PEFT's modules in training mode do under no_grad.
+    dropout_rng: key of the LoRA adapters' dropout (used when lora.dropout > 0), or None for
+      none. The English pass draws masks too, as PEFT's modules in training mode do under no_grad.
     model: the Llama module (its `inject_layer` is where the vector goes).
     cfg: method and selection settings.
 
@@ -99,8 +99,10 @@ def loss_fn(params, batch, noise_BL, dropout_rng=None, *, model: Llama, cfg: Ste
     counts and `entropy_sum` (summed decision entropy over real examples).
   """
   decoder = {"params": model_params(params)}
-  english_rngs, rngs = (None, None) if dropout_rng is None else (
-      {"dropout": k} for k in jax.random.split(dropout_rng))
+  english_rngs = rngs = None
+  if dropout_rng is not None:
+    english_key, key = jax.random.split(dropout_rng)
+    english_rngs, rngs = {"dropout": english_key}, {"dropout": key}
   aux = {}
   inject = None
   if cfg.method == "cc":
@@ -139,7 +141,6 @@ def accumulate_gradients(params, batch, rng, step, *, model: Llama, cfg: StepCon
   forward pass but are never differentiated.
   """
   num_layers = model.cfg.num_layers
-  dropout = model.cfg.lora is not None and model.cfg.lora.dropout > 0
   frozen = {} if frozen is None else frozen
   loss_of = functools.partial(loss_fn, model=model, cfg=cfg)
   grad_fn = jax.value_and_grad(lambda p, *args: loss_of(optim.join(p, frozen), *args), has_aux=True)
@@ -149,7 +150,7 @@ def accumulate_gradients(params, batch, rng, step, *, model: Llama, cfg: StepCon
     index, mb = xs
     key = microbatch_key(rng, step, index)
     noise = connection.gumbel_noise(key, (mb["input_ids"].shape[0], num_layers))
-    dropout_rng = jax.random.fold_in(key, DROPOUT_STREAM) if dropout else None  # a stream apart from the noise's
+    dropout_rng = jax.random.fold_in(key, DROPOUT_STREAM)  # a stream apart from the noise's; unused without LoRA
     (loss_sum, aux), grads = grad_fn(params, mb, noise, dropout_rng)
     carry = jax.tree.map(jnp.add, carry, (loss_sum, aux, grads))
     return carry, None
